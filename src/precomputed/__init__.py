@@ -1,0 +1,57 @@
+"""Neuroglancer Precomputed volumes: a TensorStore-compatible driver in Python.
+
+``precomputed.open(spec_or_url)`` opens one scale as a lazy :class:`Volume`; see the
+README and docs/ for the spec, URLs, transactions and sharding.
+"""
+
+from .cache import ChunkCache, Context, default_context
+from .driver import open, open_scales, read_info
+from .errors import (
+    AlreadyExistsError,
+    ConditionFailedError,
+    CorruptDataError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    OutOfRangeError,
+    PrecomputedError,
+    ReadOnlyError,
+    UnimplementedError,
+)
+from .kvstore import KvStore, open_kvstore
+from .lazy import ZyxArray
+from .metadata import MultiscaleMetadata, ScaleMetadata
+from .sharding import ShardingSpec
+from .transaction import Transaction
+from .volume import ChunkLayout, IndexDomain, Volume
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AlreadyExistsError",
+    "ChunkCache",
+    "ChunkLayout",
+    "ConditionFailedError",
+    "Context",
+    "CorruptDataError",
+    "FailedPreconditionError",
+    "IndexDomain",
+    "InvalidArgumentError",
+    "KvStore",
+    "MultiscaleMetadata",
+    "NotFoundError",
+    "OutOfRangeError",
+    "PrecomputedError",
+    "ReadOnlyError",
+    "ScaleMetadata",
+    "ShardingSpec",
+    "Transaction",
+    "UnimplementedError",
+    "Volume",
+    "ZyxArray",
+    "default_context",
+    "open",
+    "open_kvstore",
+    "open_scales",
+    "read_info",
+]

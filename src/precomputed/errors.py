@@ -1,0 +1,61 @@
+"""Error hierarchy mirroring TensorStore's status codes.
+
+Each class also subclasses the Python builtin a caller would naturally catch, so
+``except ValueError`` keeps working for invalid specs and ``except FileNotFoundError``
+for missing volumes. Messages name the key or member at fault and the value received.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "PrecomputedError",
+    "InvalidArgumentError",
+    "FailedPreconditionError",
+    "CorruptDataError",
+    "NotFoundError",
+    "AlreadyExistsError",
+    "OutOfRangeError",
+    "UnimplementedError",
+    "ConditionFailedError",
+    "ReadOnlyError",
+]
+
+
+class PrecomputedError(Exception):
+    """Base class of every error raised by the driver."""
+
+
+class InvalidArgumentError(PrecomputedError, ValueError):
+    """A spec, argument or constraint is malformed (TensorStore INVALID_ARGUMENT)."""
+
+
+class FailedPreconditionError(PrecomputedError, ValueError):
+    """Stored data or metadata conflicts with the request (FAILED_PRECONDITION)."""
+
+
+class CorruptDataError(FailedPreconditionError):
+    """Stored bytes cannot be decoded: a corrupt chunk, shard or index."""
+
+
+class NotFoundError(PrecomputedError, FileNotFoundError):
+    """A volume, scale or chunk does not exist (NOT_FOUND)."""
+
+
+class AlreadyExistsError(PrecomputedError, FileExistsError):
+    """Creating something that already exists (ALREADY_EXISTS)."""
+
+
+class OutOfRangeError(PrecomputedError, IndexError):
+    """An index lies outside the array's domain (OUT_OF_RANGE)."""
+
+
+class UnimplementedError(PrecomputedError, NotImplementedError):
+    """An operation the format or store cannot do (UNIMPLEMENTED)."""
+
+
+class ConditionFailedError(PrecomputedError):
+    """A conditional write lost a race: the object changed since it was read."""
+
+
+class ReadOnlyError(PrecomputedError, PermissionError):
+    """Writing to a store that cannot be written (e.g. HTTP)."""
