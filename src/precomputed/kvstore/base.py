@@ -1,0 +1,194 @@
+"""The small key-value store interface every backend implements.
+
+Keys are ``/``-separated strings relative to the store's root, never starting with ``/``.
+Missing keys read as ``None`` (never an exception), so chunk code can treat absence as
+"fill with zeros" without try/except on every read.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+__all__ = ["KvStore", "Generation", "RangeRequest", "NO_VALUE"]
+
+#: Opaque version token of a stored object; ``NO_VALUE`` means "the key does not exist".
+Generation = str
+NO_VALUE: Generation = ""
+
+#: ``(key, start, stop)``; ``stop=None`` reads to the end of the object.
+RangeRequest = tuple[str, int, int | None]
+
+
+class KvStore(ABC):
+    """Abstract byte store. Subclasses implement the underscore methods.
+
+    Every public call is counted in :attr:`stats` (``read``, ``read_range``, ``write``,
+    ``delete``, ``list``) and, when :attr:`request_log` is a list, appended to it as
+    ``(op, key, start, stop)``; tests use both to prove which I/O happened.
+    """
+
+    #: True for stores that cannot be written (HTTP).
+    read_only: bool = False
+    #: True when :meth:`write_if` is a real compare-and-swap on the backend.
+    supports_conditional_writes: bool = False
+    #: How many requests may be in flight at once for the batch calls.
+    concurrency: int = 32
+
+    def __init__(self) -> None:
+        self.stats: Counter[str] = Counter()
+        self.request_log: list[tuple[str, str, int | None, int | None]] | None = None
+        self._log_lock = threading.Lock()
+
+    # -- bookkeeping ------------------------------------------------------------------
+    def _record(self, op: str, key: str, start: int | None = None, stop: int | None = None) -> None:
+        with self._log_lock:
+            self.stats[op] += 1
+            if self.request_log is not None:
+                self.request_log.append((op, key, start, stop))
+
+    # -- public API -------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def url(self) -> str:
+        """URL of the store root, e.g. ``file:///data/vol/`` or ``gs://bucket/path/``."""
+
+    @abstractmethod
+    def spec(self) -> dict[str, Any]:
+        """TensorStore kvstore JSON spec of the store root."""
+
+    def read(self, key: str) -> bytes | None:
+        self._record("read", key)
+        return self._read(key)
+
+    def read_range(self, key: str, start: int, stop: int | None) -> bytes | None:
+        """Bytes ``[start, stop)`` of ``key`` (clipped at the end); ``None`` if missing."""
+        self._record("read_range", key, start, stop)
+        return self._read_range(key, start, stop)
+
+    def read_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """Whole objects, fetched concurrently, in the order given."""
+        for k in keys:
+            self._record("read", k)
+        return self._read_many(list(keys))
+
+    def read_ranges(self, requests: Sequence[RangeRequest]) -> list[bytes | None]:
+        """Byte ranges, fetched concurrently, in the order given."""
+        for k, a, b in requests:
+            self._record("read_range", k, a, b)
+        return self._read_ranges(list(requests))
+
+    def read_with_generation(self, key: str) -> tuple[bytes | None, Generation]:
+        """Whole object and its generation (``NO_VALUE`` when missing)."""
+        self._record("read", key)
+        return self._read_with_generation(key)
+
+    def write(self, key: str, data: bytes) -> None:
+        self._check_writable(key)
+        self._record("write", key)
+        self._write(key, bytes(data) if not isinstance(data, bytes) else data)
+
+    def write_if(self, key: str, data: bytes | None, if_generation: Generation) -> bool:
+        """Write (or delete when ``data is None``) only if the stored generation still
+        equals ``if_generation`` (``NO_VALUE``: only if absent). Returns False when the
+        condition failed. Stores without conditional writes write unconditionally."""
+        self._check_writable(key)
+        self._record("write" if data is not None else "delete", key)
+        return self._write_if(key, data, if_generation)
+
+    def delete(self, key: str) -> None:
+        """Delete one key; deleting a missing key is not an error."""
+        self._check_writable(key)
+        self._record("delete", key)
+        self._delete(key)
+
+    def delete_many(self, keys: Iterable[str]) -> None:
+        keys = list(keys)
+        if not keys:
+            return
+        self._check_writable(keys[0])
+        for k in keys:
+            self._record("delete", k)
+        self._delete_many(keys)
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Delete every key starting with ``prefix`` (``""``: the whole store)."""
+        self._check_writable(prefix)
+        self._record("delete", prefix + "*")
+        self._delete_prefix(prefix)
+
+    def list(self, prefix: str = "") -> list[str]:
+        """All keys starting with ``prefix``, sorted."""
+        self._record("list", prefix)
+        return sorted(self._list(prefix))
+
+    def exists(self, key: str) -> bool:
+        return self.read_range(key, 0, 0) is not None
+
+    def _check_writable(self, key: str) -> None:
+        if self.read_only:
+            from ..errors import ReadOnlyError
+
+            raise ReadOnlyError(f"cannot write {key!r}: the store {self.url!r} is read-only")
+
+    # -- backend hooks ----------------------------------------------------------------
+    @abstractmethod
+    def _read(self, key: str) -> bytes | None: ...
+
+    @abstractmethod
+    def _read_range(self, key: str, start: int, stop: int | None) -> bytes | None: ...
+
+    @abstractmethod
+    def _read_with_generation(self, key: str) -> tuple[bytes | None, Generation]: ...
+
+    @abstractmethod
+    def _write(self, key: str, data: bytes) -> None: ...
+
+    @abstractmethod
+    def _write_if(self, key: str, data: bytes | None, if_generation: Generation) -> bool: ...
+
+    @abstractmethod
+    def _delete(self, key: str) -> None: ...
+
+    @abstractmethod
+    def _list(self, prefix: str) -> Iterable[str]: ...
+
+    def _delete_many(self, keys: list[str]) -> None:
+        for k in keys:
+            self._delete(k)
+
+    def _delete_prefix(self, prefix: str) -> None:
+        self._delete_many(self._list(prefix))  # type: ignore[arg-type]
+
+    # Default batch implementations use a thread pool; async backends override them.
+    def _pool(self) -> ThreadPoolExecutor:
+        pool = getattr(self, "_executor", None)
+        if pool is None:
+            pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="kvstore")
+            self._executor = pool
+        return pool
+
+    def _read_many(self, keys: list[str]) -> list[bytes | None]:
+        if len(keys) <= 1:
+            return [self._read(k) for k in keys]
+        return list(self._pool().map(self._read, keys))
+
+    def _read_ranges(self, requests: list[RangeRequest]) -> list[bytes | None]:
+        if len(requests) <= 1:
+            return [self._read_range(*r) for r in requests]
+        return list(self._pool().map(lambda r: self._read_range(*r), requests))
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickle by spec-relevant state only: pools and locks are rebuilt on the worker.
+        state = self.__dict__.copy()
+        state.pop("_executor", None)
+        state.pop("_log_lock", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._log_lock = threading.Lock()

