@@ -1,0 +1,171 @@
+"""``open()``: TensorStore's open/create flow for Precomputed volumes.
+
+1. ``delete_existing``: delete every key under the volume path, then create.
+2. open: read ``info``; select a scale. A missing scale falls through to creation only
+   when ``create`` is set (NOT_FOUND from selection), like TensorStore.
+3. create: read-modify-write ``info`` conditionally on its generation, so concurrent
+   adders of different scales both end up in the file; retry on conflict.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import metadata as md
+from .cache import Context, default_context
+from .errors import AlreadyExistsError, FailedPreconditionError, NotFoundError
+from .grid import ChunkGrid
+from .kvstore import NO_VALUE, KvStore, open_kvstore
+from .spec import OpenRequest, bound_spec, parse_spec
+from .storage import ChunkStore, ShardedChunkStore, UnshardedChunkStore
+from .volume import ScaleHandle, Volume
+
+__all__ = ["open", "open_scales", "read_info"]
+
+_MAX_INFO_RETRIES = 32
+
+
+def read_info(kvstore: KvStore, path: str) -> tuple[md.MultiscaleMetadata | None, str]:
+    """Parse ``<path>info``; returns (metadata or None if missing, generation)."""
+    key = path + "info"
+    data, generation = kvstore.read_with_generation(key)
+    if data is None:
+        return None, generation
+    return parse_info_bytes(data, key), generation
+
+
+def parse_info_bytes(data: bytes, key: str) -> md.MultiscaleMetadata:
+    return md.MultiscaleMetadata.loads(data, key=key)
+
+
+def open(
+    spec: dict[str, Any] | str | OpenRequest,
+    *,
+    context: Context | None = None,
+    kvstore: KvStore | None = None,
+    **options: Any,
+) -> Volume:
+    """Open (or create) one scale of a Precomputed volume.
+
+    ``spec`` is a TensorStore ``neuroglancer_precomputed`` JSON spec or a URL
+    (``gs://b/v``, ``s3://b/v``, ``https://h/v``, ``file:///p``, a local path,
+    ``memory://v``, optionally prefixed ``precomputed://``). Keyword options mirror
+    ``tensorstore.open``: ``open``, ``create``, ``delete_existing``, ``scale_index``,
+    ``dtype``, ``schema``, ``fill_missing_data_reads``, ... plus ``storage_options`` for
+    fsspec (e.g. ``{"endpoint_url": ...}``).
+    """
+    req = parse_spec(spec, **options)
+    ctx = context or _context_from(req)
+    kv = kvstore or open_kvstore(req.kvstore, **(req.storage_options or {}))
+    path = req.path
+    info_key = path + "info"
+
+    if req.delete_existing:
+        kv.delete_prefix(path)
+
+    if req.assume_metadata or req.assume_cached_metadata:
+        meta, index = md.create_scale(None, req.multiscale, req.scale, req.scale_index, req.schema)
+        return _make_volume(kv, path, meta, index, None, req, ctx)
+
+    for _ in range(_MAX_INFO_RETRIES):
+        meta, generation = read_info(kv, path)
+        if req.open:
+            if meta is not None:
+                try:
+                    index, chunk = md.select_scale(
+                        meta, req.multiscale, req.scale, req.scale_index, req.schema
+                    )
+                except NotFoundError:
+                    if not req.create:
+                        raise
+                else:
+                    req.schema.validate_against(meta, index, chunk)
+                    return _make_volume(kv, path, meta, index, chunk, req, ctx)
+            elif not req.create:
+                raise NotFoundError(f'Metadata at "{info_key}" does not exist')
+        try:
+            new_meta, index = md.create_scale(
+                meta, req.multiscale, req.scale, req.scale_index, req.schema
+            )
+        except AlreadyExistsError:
+            if req.open:
+                continue  # someone created it meanwhile: open it
+            raise
+        if kv.write_if(info_key, new_meta.dumps(), generation if meta is not None else NO_VALUE):
+            return _make_volume(kv, path, new_meta, index, None, req, ctx)
+    raise FailedPreconditionError(
+        f'Error writing "{info_key}": too many concurrent modifications, giving up'
+    )
+
+
+def open_scales(spec: dict[str, Any] | str, **options: Any) -> list[Volume]:
+    """Every scale of a volume, finest first, sharing one kvstore and context."""
+    first = open(spec, **options)
+    vols = [first]
+    for i in range(1, len(first.metadata.scales)):
+        vols.append(
+            _make_volume(
+                first.kvstore,
+                first._h.path,
+                first.metadata,
+                i,
+                None,
+                _reindexed(first, i),
+                first.context,
+            )
+        )
+    return vols
+
+
+def _reindexed(vol: Volume, index: int) -> OpenRequest:
+    req: OpenRequest = vol._h.request  # type: ignore[attr-defined]
+    return req.for_scale(index)
+
+
+def _context_from(req: OpenRequest) -> Context:
+    if req.context:
+        return Context(req.context)
+    return default_context()
+
+
+def _make_volume(
+    kv: KvStore,
+    path: str,
+    meta: md.MultiscaleMetadata,
+    index: int,
+    chunk: tuple[int, int, int] | None,
+    req: OpenRequest,
+    ctx: Context,
+) -> Volume:
+    scale = meta.scales[index]
+    chunk = tuple(chunk or scale.chunk_sizes[0])  # type: ignore[assignment]
+    grid = ChunkGrid(tuple(scale.size), tuple(scale.voxel_offset), chunk)  # type: ignore[arg-type]
+    prefix = md.resolve_scale_key(path, scale.key)
+    store: ChunkStore
+    if scale.sharding is not None:
+        store = ShardedChunkStore(kv, prefix, grid, scale.sharding)
+    else:
+        store = UnshardedChunkStore(kv, prefix, grid)
+
+    def spec_factory(minimal: bool = False) -> dict[str, Any]:
+        return bound_spec(meta, index, chunk, kv.spec(), req, minimal=minimal)
+
+    handle = ScaleHandle(
+        kvstore=kv,
+        path=path,
+        metadata=meta,
+        scale_index=index,
+        chunk_size=chunk,  # type: ignore[arg-type]
+        store=store,
+        context=ctx,
+        fill_missing_data_reads=req.fill_missing_data_reads,
+        store_data_equal_to_fill_value=req.store_data_equal_to_fill_value,
+        spec_factory=spec_factory,
+    )
+    handle.request = req  # type: ignore[attr-defined]
+    vol = Volume(handle)
+    box = req.transform_box()
+    if box is not None:
+        lo, hi = box
+        vol = vol[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))]
+    return vol

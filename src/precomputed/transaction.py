@@ -1,0 +1,180 @@
+"""Write-back buffer of dirty chunks, committed grouped by shard.
+
+A :class:`Transaction` holds decoded chunks that were written but not yet stored; every
+read made through it sees them. ``commit()`` encodes the dirty chunks group by group (a
+shard file, or a single chunk key when unsharded) and rewrites each group exactly once.
+Edits made while a commit runs, and edits of groups whose commit failed, stay dirty, so
+a later commit (a retry) stores them; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .storage import CommitStats
+
+if TYPE_CHECKING:
+    from .volume import ScaleHandle
+
+__all__ = ["Transaction", "commit_chunks"]
+
+Vec3 = tuple[int, int, int]
+Progress = Callable[[int, int], None]
+
+#: Groups (shards or chunks) committed concurrently: bounds memory to a few shards.
+GROUP_CONCURRENCY = 4
+
+
+class Transaction:
+    """Buffered writes to one or more scales; use as a context manager or commit by hand.
+
+    ``with vol.transaction() as txn: vol[...] = x`` commits on a clean exit and discards
+    on an exception. ``Transaction()`` can also be passed to ``vol.with_transaction``.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        # id(handle) -> (handle, {pos: (version, chunk_czyx)})
+        self._dirty: dict[int, tuple[ScaleHandle, dict[Vec3, tuple[int, np.ndarray]]]] = {}
+        self._version = 0
+        self._bound: list[Any] = []  # volumes whose writes go here while in a with-block
+        self.last_stats: CommitStats | None = None
+
+    # -- buffer ---------------------------------------------------------------------------
+    def get(self, handle: ScaleHandle, pos: Vec3) -> np.ndarray | None:
+        with self._lock:
+            entry = self._dirty.get(id(handle))
+            if entry is None:
+                return None
+            item = entry[1].get(pos)
+            return None if item is None else item[1]
+
+    def put(self, handle: ScaleHandle, pos: Vec3, chunk: np.ndarray) -> None:
+        with self._lock:
+            self._version += 1
+            entry = self._dirty.setdefault(id(handle), (handle, {}))
+            entry[1][pos] = (self._version, chunk)
+
+    @property
+    def dirty_chunks(self) -> int:
+        with self._lock:
+            return sum(len(e[1]) for e in self._dirty.values())
+
+    def dirty_positions(self) -> dict[ScaleHandle, list[Vec3]]:
+        with self._lock:
+            return {e[0]: list(e[1]) for e in self._dirty.values()}
+
+    def dirty_groups(self) -> int:
+        """Number of shards (or unsharded chunks) a commit would rewrite."""
+        with self._lock:
+            return sum(
+                len({h.store.group_of(p) for p in chunks}) for h, chunks in self._dirty.values()
+            )
+
+    @property
+    def empty(self) -> bool:
+        return self.dirty_chunks == 0
+
+    def discard(self) -> None:
+        """Drop every uncommitted edit."""
+        with self._lock:
+            self._dirty.clear()
+
+    abort = discard
+
+    # -- commit ---------------------------------------------------------------------------
+    def commit(self, progress: Progress | None = None) -> CommitStats:
+        """Store every dirty chunk; each touched shard (or chunk key) is written once.
+
+        On failure the exception propagates and every edit not yet stored stays dirty.
+        """
+        total = CommitStats()
+        with self._lock:
+            snapshot = [(h, dict(chunks)) for h, chunks in self._dirty.values()]
+        for handle, chunks in snapshot:
+            arrays = {pos: arr for pos, (_, arr) in chunks.items()}
+
+            def done(positions: list[Vec3], handle: ScaleHandle = handle, chunks=chunks) -> None:
+                # Forget only entries not rewritten while we were committing.
+                with self._lock:
+                    entry = self._dirty.get(id(handle))
+                    if entry is None:
+                        return
+                    for p in positions:
+                        cur = entry[1].get(p)
+                        if cur is not None and cur[0] == chunks[p][0]:
+                            del entry[1][p]
+                    if not entry[1]:
+                        del self._dirty[id(handle)]
+
+            total.add(commit_chunks(handle, arrays, progress=progress, on_group_done=done))
+        self.last_stats = total
+        return total
+
+    def __enter__(self) -> Transaction:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        for vol in self._bound:
+            vol._detach_transaction(self)
+        self._bound.clear()
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+
+
+def commit_chunks(
+    handle: ScaleHandle,
+    chunks: dict[Vec3, np.ndarray],
+    *,
+    progress: Progress | None = None,
+    on_group_done: Callable[[list[Vec3]], None] | None = None,
+) -> CommitStats:
+    """Encode and store decoded chunks of one scale, one write per group (shard/chunk).
+
+    Groups are committed a few at a time so peak memory stays near a few shards.
+    """
+    store = handle.store
+    groups: dict[Hashable, list[Vec3]] = {}
+    positions = list(chunks)
+    for pos, g in zip(positions, _groups_of(store, positions), strict=True):
+        groups.setdefault(g, []).append(pos)
+    total = CommitStats()
+    lock = threading.Lock()
+    finished = 0
+
+    def run(item: tuple[Hashable, list[Vec3]]) -> None:
+        nonlocal finished
+        group, members = item
+        updates = {p: handle.encode(p, chunks[p]) for p in members}
+        stats = store.commit_group(group, updates)
+        handle.invalidate_chunks(members)
+        if on_group_done is not None:
+            on_group_done(members)
+        with lock:
+            total.add(stats)
+            finished += 1
+            if progress is not None:
+                progress(finished, len(groups))
+
+    items = list(groups.items())
+    if len(items) <= 1:
+        for it in items:
+            run(it)
+    else:
+        with ThreadPoolExecutor(min(GROUP_CONCURRENCY, len(items))) as pool:
+            for f in [pool.submit(run, it) for it in items]:
+                f.result()
+    return total
+
+
+def _groups_of(store: Any, positions: list[Vec3]) -> list[Hashable]:
+    if hasattr(store, "groups_of"):
+        return store.groups_of(positions)
+    return [store.group_of(p) for p in positions]
