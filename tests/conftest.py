@@ -189,3 +189,18 @@ def memory_store() -> Iterator[MemoryKvStore]:
 @pytest.fixture
 def file_store(tmp_path: Any) -> FileKvStore:
     return FileKvStore(tmp_path / "store")
+
+
+# -- napari / Qt (tests/napari_precomputed) ------------------------------------------------
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config: Any) -> None:
+    """Headless Qt: offscreen only when there is no X display.
+
+    Runs after pytest-xvfb's own ``pytest_configure`` (which starts Xvfb and sets
+    ``DISPLAY``): a real viewer needs Xvfb's GL, and offscreen under Xvfb gives black
+    screenshots. Without any display, offscreen still runs everything but the GL tests.
+    """
+    if not os.environ.get("DISPLAY"):
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")

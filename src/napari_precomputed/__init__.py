@@ -1,1 +1,11 @@
-__all__: list[str] = []
+"""napari plugin for Neuroglancer Precomputed volumes.
+
+Opens any volume (local directory or URL) as one lazy multiscale layer: an Image, or a
+Labels layer for segmentations, placed in nanometres. See docs/napari.md.
+"""
+
+from ._array import LevelArray
+from ._reader import get_reader, read_volume
+from ._sample_data import make_sample_data
+
+__all__ = ["LevelArray", "get_reader", "make_sample_data", "read_volume"]

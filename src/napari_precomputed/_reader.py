@@ -1,0 +1,291 @@
+"""napari reader: a Precomputed volume (directory or URL) as one lazy multiscale layer.
+
+``get_reader(path)`` is the cheap probe napari calls for every directory and URL the user
+opens: it reads one small ``info`` object and returns ``None`` (never raises) unless that
+is a Precomputed multiscale volume. The reader returns plain LayerData, so everything here
+is testable without a viewer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import numpy as np
+
+import precomputed
+from precomputed import KvStore, MultiscaleMetadata, PrecomputedError, Volume
+from precomputed.spec import parse_spec
+
+from ._array import LevelArray
+from ._pyramid import Pyramid, plan_pyramid
+
+__all__ = ["get_reader", "read_volume", "LayerData"]
+
+log = logging.getLogger("napari_precomputed")
+
+LayerData = tuple[Any, dict[str, Any], str]
+ReaderFunction = Callable[[Any], list[LayerData]]
+
+#: An ``info`` larger than this is not a volume's (they are a few KiB).
+_MAX_INFO_BYTES = 16 * 1024 * 1024
+_MULTISCALE_TYPE = "neuroglancer_multiscale_volume"
+_REMOTE = ("gs://", "gcs://", "s3://", "http://", "https://", "memory://", "precomputed://")
+#: Region of the coarsest level sampled for contrast limits (x, y voxels).
+_SAMPLE_XY = 256
+
+
+# -- probe ----------------------------------------------------------------------------------
+
+
+def get_reader(path: str | list[str]) -> ReaderFunction | None:
+    """Return a reader when ``path`` is a Precomputed volume, else ``None``."""
+    paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+    if not paths:
+        return None
+    found = []
+    for p in paths:
+        target = _probe(os.fspath(p))
+        if target is None:
+            return None
+        found.append(target)
+    return partial(_read_targets, found)
+
+
+class _Target:
+    """A probed volume: what to open, and the store its ``info`` came from."""
+
+    def __init__(self, source: str, kvstore: KvStore | None) -> None:
+        self.source = source
+        self.kvstore = kvstore
+
+
+def _probe(path: str) -> _Target | None:
+    try:
+        return _probe_or_raise(path)
+    except Exception as e:  # a probe never raises: napari tries other readers
+        log.debug("napari-precomputed: %s is not readable as Precomputed: %s", path, e)
+        return None
+
+
+def _probe_or_raise(path: str) -> _Target | None:
+    path = path.strip()
+    if not path:
+        return None
+    remote = path.lower().startswith(_REMOTE)
+    if not remote and "://" in path and not path.lower().startswith("file://"):
+        return None  # a scheme we have no store for
+    if remote:
+        source = path.rstrip("/")
+        if source.endswith("/info"):
+            source = source[: -len("/info")]
+        req = parse_spec(source)
+        kv = precomputed.open_kvstore(req.kvstore, **(req.storage_options or {}))
+        key = req.path + "info"
+        data = kv.read(key)
+        where = source + "/info"
+        if data is None:
+            return None
+    else:
+        local = path[len("file://") :] if path.lower().startswith("file://") else path
+        local = os.path.expanduser(local)
+        if os.path.basename(local.rstrip(os.sep)) == "info" and os.path.isfile(local):
+            local = os.path.dirname(local.rstrip(os.sep))
+        info = os.path.join(local, "info")
+        if not os.path.isdir(local) or not os.path.isfile(info):
+            return None
+        if os.path.getsize(info) > _MAX_INFO_BYTES:
+            return None
+        with open(info, "rb") as f:
+            data = f.read()
+        source, kv, where = local, None, info
+    obj = _json_object(data)
+    if obj is None or not _looks_like_volume(obj):
+        return None
+    try:
+        MultiscaleMetadata.from_json(obj, key=where)
+    except PrecomputedError as e:
+        _report(f"napari-precomputed: {where} is a Precomputed info but cannot be opened: {e}")
+        return None
+    return _Target(source, kv)
+
+
+def _json_object(data: bytes) -> dict[str, Any] | None:
+    if len(data) > _MAX_INFO_BYTES:
+        return None
+    try:
+        obj = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _looks_like_volume(obj: dict[str, Any]) -> bool:
+    if "@type" in obj:
+        return obj["@type"] == _MULTISCALE_TYPE
+    return isinstance(obj.get("scales"), list)
+
+
+def _report(message: str) -> None:
+    """A problem the user should see: napari's notifications and the log."""
+    log.warning(message)
+    try:
+        from napari.utils.notifications import show_warning
+
+        show_warning(message)
+    except Exception:  # pragma: no cover - napari missing or shutting down
+        pass
+
+
+# -- layers -----------------------------------------------------------------------------------
+
+
+def _read_targets(targets: list[_Target], path: Any = None) -> list[LayerData]:
+    out: list[LayerData] = []
+    for t in targets:
+        options = {"kvstore": t.kvstore} if t.kvstore is not None else {}
+        out.extend(read_volume(t.source, **options))
+    return out
+
+
+def read_volume(source: str | dict[str, Any], **open_options: Any) -> list[LayerData]:
+    """LayerData for one volume (URL, path or TensorStore spec): all scales, lazily.
+
+    ``open_options`` go to :func:`precomputed.open` (``context=``, ``storage_options=``,
+    ...). No chunk is read, except a small sample of the coarsest level for the contrast
+    limits of images whose data type has no natural range.
+    """
+    opened = precomputed.open_scales(source, **open_options)  # one info read, shared store
+    first = opened[0]
+    meta = first.metadata
+    pyramid = plan_pyramid(meta.scales)
+    by_index: dict[int, Volume] = {}
+    for v in opened:
+        by_index.setdefault(v.scale_index, v)
+    vols = [
+        by_index.get(lv.scale_index)
+        or precomputed.open(source, **{**open_options, "scale_index": lv.scale_index})
+        for lv in pyramid.levels
+    ]
+
+    dtype = np.dtype(first.dtype)
+    channels = int(meta.num_channels)
+    labels = meta.type == "segmentation" and dtype.kind in "iu"
+    rgb = not labels and channels == 3 and dtype == np.uint8
+    layout = "zyxc" if rgb else ("czyx" if channels > 1 else "zyx")
+    data = [
+        LevelArray(v, layout, lv.origin, lv.extent)
+        for v, lv in zip(vols, pyramid.levels, strict=True)
+    ]
+
+    scale = tuple(reversed(pyramid.resolution))
+    translate = tuple(reversed(pyramid.translate))
+    axis_labels: tuple[str, ...] = ("z", "y", "x")
+    units: tuple[str, ...] = ("nm", "nm", "nm")
+    if layout == "czyx":
+        scale, translate = (1.0, *scale), (0.0, *translate)
+        axis_labels, units = ("c", *axis_labels), ("pixel", *units)
+
+    kwargs: dict[str, Any] = {
+        "name": _display_name(source),
+        "multiscale": len(data) > 1,
+        "scale": scale,
+        "translate": translate,
+        "axis_labels": axis_labels,
+        "units": units,
+        "metadata": {"precomputed": _source_metadata(source, vols[0], pyramid, layout)},
+    }
+    if labels:
+        kind = "labels"
+    else:
+        kind = "image"
+        kwargs["rgb"] = rgb
+        if not rgb:
+            kwargs["contrast_limits"] = _contrast_limits(dtype, data[-1])
+    layer_data = data if len(data) > 1 else data[0]
+    return [(layer_data, kwargs, kind)]
+
+
+def _display_name(source: str | dict[str, Any]) -> str:
+    if not isinstance(source, str):
+        kv = source.get("kvstore") if isinstance(source, dict) else None
+        path = (kv.get("path") if isinstance(kv, dict) else kv) or source.get("path", "")  # type: ignore[union-attr]
+        source = str(path or "precomputed")
+    s = source
+    if s.startswith("precomputed://"):
+        s = s[len("precomputed://") :]
+    s = s.split("|", 1)[0].rstrip("/")
+    name = s.rsplit("/", 1)[-1] if "/" in s else s
+    return name or "precomputed"
+
+
+def _source_metadata(
+    source: str | dict[str, Any], first: Volume, pyramid: Pyramid, layout: str
+) -> dict[str, Any]:
+    """What other widgets need to find and address the volume behind the layer."""
+    try:
+        spec = first.spec()
+    except Exception:  # pragma: no cover - a spec is a convenience, not a requirement
+        spec = None
+    meta = first.metadata
+    return {
+        "source": source,
+        "url": source if isinstance(source, str) else None,
+        "spec": spec,
+        "type": meta.type,
+        "data_type": meta.data_type,
+        "num_channels": int(meta.num_channels),
+        "layout": layout,
+        # Absolute level-0 voxel (x, y, z) at data index 0: volume = origin + data index.
+        "origin": list(pyramid.origin),
+        "levels": [
+            {
+                "scale_index": lv.scale_index,
+                "key": meta.scales[lv.scale_index].key,
+                "factor": list(lv.factor),
+                "origin": list(lv.origin),
+            }
+            for lv in pyramid.levels
+        ],
+    }
+
+
+def _contrast_limits(dtype: np.dtype, coarsest: LevelArray) -> tuple[float, float]:
+    """From the data type when it has a display range, else a plane of the coarsest level."""
+    if dtype in (np.uint8, np.int8):
+        info = np.iinfo(dtype)
+        return float(info.min), float(info.max)
+    try:
+        sample = np.asarray(_central_sample(coarsest))
+    except Exception as e:  # unreadable: fall back to the type's range
+        log.debug("napari-precomputed: contrast sample failed: %s", e)
+        sample = np.zeros(0, dtype)
+    sample = sample[np.isfinite(sample)] if sample.dtype.kind == "f" else sample.ravel()
+    if sample.size:
+        lo, hi = (float(v) for v in np.percentile(sample, [0.5, 99.5]))
+        if hi > lo:
+            return lo, hi
+        if float(sample.max()) > float(sample.min()):
+            return float(sample.min()), float(sample.max())
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return float(max(info.min, 0) if dtype.kind == "u" else info.min), float(info.max)
+    return 0.0, 1.0
+
+
+def _central_sample(level: LevelArray) -> LevelArray:
+    """At most ``_SAMPLE_XY``² voxels (each channel) of the middle z-plane."""
+    key: list[Any] = []
+    for axis, n in zip(level.layout, level.shape, strict=True):
+        if axis == "z":
+            key.append(n // 2)
+        elif axis in "xy":
+            a = max(0, n // 2 - _SAMPLE_XY // 2)
+            key.append(slice(a, a + _SAMPLE_XY))
+        else:
+            key.append(slice(None))
+    return level[tuple(key)]
