@@ -99,27 +99,30 @@ def open(
 
 
 def open_scales(spec: dict[str, Any] | str, **options: Any) -> list[Volume]:
-    """Every scale of a volume, finest first, sharing one kvstore and context."""
+    """Every scale of a volume, finest first, sharing one kvstore, metadata and context.
+
+    ``scale_index``/``scale_metadata`` in ``spec`` only choose which scale is opened
+    first (and validated); the result always lists all scales in ``info`` order.
+    """
     first = open(spec, **options)
-    vols = [first]
-    for i in range(1, len(first.metadata.scales)):
-        vols.append(
-            _make_volume(
-                first.kvstore,
-                first._h.path,
-                first.metadata,
-                i,
-                None,
-                _reindexed(first, i),
-                first.context,
+    req: OpenRequest = first._h.request  # type: ignore[attr-defined]
+    vols = []
+    for i in range(len(first.metadata.scales)):
+        if i == first.scale_index:
+            vols.append(first)
+        else:
+            vols.append(
+                _make_volume(
+                    first.kvstore,
+                    first._h.path,
+                    first.metadata,
+                    i,
+                    None,
+                    req.for_scale(i),
+                    first.context,
+                )
             )
-        )
     return vols
-
-
-def _reindexed(vol: Volume, index: int) -> OpenRequest:
-    req: OpenRequest = vol._h.request  # type: ignore[attr-defined]
-    return req.for_scale(index)
 
 
 def _context_from(req: OpenRequest) -> Context:
