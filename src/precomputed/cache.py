@@ -19,6 +19,13 @@ __all__ = ["ChunkCache", "Context", "default_context"]
 
 #: Default decoded-chunk cache: enough for a few napari screens of 64^3 uint64 chunks.
 DEFAULT_CACHE_BYTES = 512 * 1024 * 1024
+#: TensorStore context resources that bound concurrent requests to a store.
+_IO_RESOURCES = (
+    "file_io_concurrency",
+    "gcs_request_concurrency",
+    "s3_request_concurrency",
+    "http_request_concurrency",
+)
 
 
 class ChunkCache:
@@ -32,6 +39,8 @@ class ChunkCache:
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
+        #: Bumped by every invalidation: see :meth:`put`.
+        self.epoch = 0
 
     @property
     def nbytes(self) -> int:
@@ -49,15 +58,20 @@ class ChunkCache:
                 self.hits += 1
             return value
 
-    def put(self, key: Hashable, value: np.ndarray) -> None:
+    def put(self, key: Hashable, value: np.ndarray, epoch: int | None = None) -> None:
+        """Cache ``value``. With ``epoch`` (the :attr:`epoch` read before fetching it),
+        only if nothing was invalidated since: a read that raced with a write must not
+        put the pre-write chunk back after the write dropped it."""
         if self.total_bytes_limit <= 0 or value.nbytes > self.total_bytes_limit:
             return
         value.flags.writeable = False  # shared between readers: never mutate in place
         with self._lock:
-            self._lru[key] = value
+            if epoch is None or epoch == self.epoch:
+                self._lru[key] = value
 
     def invalidate(self, keys: Iterable[Hashable]) -> None:
         with self._lock:
+            self.epoch += 1
             for k in keys:
                 self._lru.pop(k, None)
 
@@ -65,11 +79,13 @@ class ChunkCache:
         """Drop every entry whose key tuple starts with ``prefix``."""
         n = len(prefix)
         with self._lock:
+            self.epoch += 1
             for k in [k for k in self._lru if isinstance(k, tuple) and k[:n] == prefix]:
                 del self._lru[k]
 
     def clear(self) -> None:
         with self._lock:
+            self.epoch += 1
             self._lru.clear()
 
 
@@ -95,11 +111,19 @@ class Context:
         if decode_threads is None:
             limit = (spec.get("data_copy_concurrency") or {}).get("limit", "shared")
             decode_threads = (os.cpu_count() or 2) if limit == "shared" else int(limit)
+        explicit = io_concurrency is not None
         if io_concurrency is None:
-            io = spec.get("file_io_concurrency") or {}
-            io_concurrency = int(io.get("limit", 64)) if io.get("limit") != "shared" else 64
+            io_concurrency = 64
+            for name in _IO_RESOURCES:
+                limit = (spec.get(name) or {}).get("limit", "shared")
+                if limit != "shared":
+                    io_concurrency, explicit = int(limit), True
+                    break
         self.cache = ChunkCache(cache_bytes)
         self.io_concurrency = int(io_concurrency)
+        #: True when ``io_concurrency`` was asked for: volumes opened with this context
+        #: then open their stores with it; otherwise each store keeps its own default.
+        self.io_concurrency_explicit = explicit
         self.decode_threads = max(1, int(decode_threads))
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
@@ -118,7 +142,7 @@ class Context:
         # A context never travels with a pickled volume: workers build their own cache.
         return {
             "cache_bytes": self.cache.total_bytes_limit,
-            "io": self.io_concurrency,
+            "io": self.io_concurrency if self.io_concurrency_explicit else None,
             "threads": self.decode_threads,
         }
 

@@ -56,7 +56,10 @@ def open(
     """
     req = parse_spec(spec, **options)
     ctx = context or _context_from(req)
-    kv = kvstore or open_kvstore(req.kvstore, **(req.storage_options or {}))
+    storage_options = dict(req.storage_options or {})
+    if ctx.io_concurrency_explicit:
+        storage_options.setdefault("concurrency", ctx.io_concurrency)
+    kv = kvstore or open_kvstore(req.kvstore, **storage_options)
     path = req.path
     info_key = path + "info"
 

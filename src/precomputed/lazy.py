@@ -131,7 +131,8 @@ class ZyxArray:
 
     # -- I/O --------------------------------------------------------------------------
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
-        arr = self._region().read_czyx()[self._strides()]
+        # np.asarray: with every axis indexed away numpy would hand back a scalar.
+        arr = np.asarray(self._region().read_czyx()[self._strides()])
         return arr if dtype is None else arr.astype(dtype, copy=False)
 
     def read(self) -> np.ndarray:

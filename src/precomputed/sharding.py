@@ -508,7 +508,8 @@ def encode_shard(
     gzip_data = spec.data_encoding == "gzip" and not data_encoded
     gzip_index = spec.minishard_index_encoding == "gzip"
     ranges = np.zeros((spec.num_minishards, 2), dtype=np.uint64)
-    pieces: list[bytes] = []
+    # pieces[0] becomes the shard index: one join builds the file (peak = one shard copy).
+    pieces: list[bytes | memoryview] = [b""]
     offset = 0
     n = ids.shape[0]
     i = 0
@@ -523,9 +524,11 @@ def encode_shard(
         starts = np.empty(j - i, dtype=np.uint64)
         ends = np.empty(j - i, dtype=np.uint64)
         for k, chunk_id in enumerate(group):
-            data = bytes(chunks[chunk_id])
+            data = chunks[chunk_id]
             if gzip_data:
                 data = _gzip_compress(data)
+            elif not isinstance(data, bytes):
+                data = memoryview(data).cast("B")  # e.g. a view from split_shard: no copy
             pieces.append(data)
             starts[k] = offset
             offset += len(data)
@@ -537,22 +540,32 @@ def encode_shard(
         ranges[m] = (offset, offset + len(index))
         offset += len(index)
         i = j
-    return encode_shard_index(ranges) + b"".join(pieces)
+    pieces[0] = encode_shard_index(ranges)
+    return b"".join(pieces)
 
 
 def split_shard(
-    data: bytes, spec: ShardingSpec, key: str, *, decode: bool = True
-) -> dict[int, bytes]:
+    data: bytes,
+    spec: ShardingSpec,
+    key: str,
+    *,
+    decode: bool = True,
+    allow_duplicates: bool = False,
+) -> dict[int, bytes | memoryview]:
     """Split a stored shard into ``{chunk id: chunk bytes}`` (minishard, id order).
 
-    With ``decode`` (the default) the shard ``data_encoding`` is removed; otherwise the
-    stored bytes are returned as is (for re-encoding with ``data_encoded=True``). An empty
-    shard is ``{}``. Validates like TensorStore's write path (§5.8).
+    With ``decode`` (the default) the shard ``data_encoding`` is removed and each chunk is
+    its own ``bytes``; otherwise the stored bytes are returned as zero-copy memoryviews
+    into ``data`` (for re-encoding with ``data_encoded=True``, so a shard rewrite holds the
+    old and the new shard, not a third copy). An empty shard is ``{}``. Validates like
+    TensorStore's write path (§5.8); ``allow_duplicates`` accepts a chunk id listed twice
+    in a minishard index and keeps its first entry, as a read of that chunk would.
     """
     where = f'Error reading shard "{key}"'
     data = bytes(data)
     if not data:
         return {}
+    view = memoryview(data)
     index_size = spec.shard_index_size
     if len(data) < index_size:
         raise CorruptDataError(
@@ -580,7 +593,7 @@ def split_shard(
         # Entries are checked in id order: a repeated id, then the entry's byte range.
         dup = np.flatnonzero(ids[1:] == ids[:-1]) + 1
         out_of_file = np.flatnonzero(ends > total)
-        first_dup = int(dup[0]) if dup.size else len(ids)
+        first_dup = int(dup[0]) if dup.size and not allow_duplicates else len(ids)
         first_out = int(out_of_file[0]) if out_of_file.size else len(ids)
         if first_dup <= first_out and first_dup < len(ids):
             raise CorruptDataError(
@@ -596,7 +609,9 @@ def split_shard(
                 f"{where}: Invalid existing byte range for chunk {int(ids[i])}",
             )
         for chunk_id, a, b in zip(ids.tolist(), starts.tolist(), ends.tolist(), strict=True):
-            chunk = data[a:b]
+            chunk = view[a:b]
+            if chunk_id in result:
+                continue  # a duplicate id (allow_duplicates): the first entry wins
             if decode:
                 chunk = decode_chunk_data(
                     chunk, spec, f'chunk {chunk_id} in minishard {m} of "{key}"'

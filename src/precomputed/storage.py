@@ -11,9 +11,11 @@ exactly once; the transaction layer decides which groups to commit and how many 
 
 from __future__ import annotations
 
+import random
 import threading
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,7 +23,7 @@ from cachetools import LRUCache
 
 from . import sharding as sh
 from .codecs import gzip_decompress
-from .errors import CorruptDataError
+from .errors import ConditionFailedError, CorruptDataError
 from .grid import ChunkGrid, Vec3
 from .kvstore import NO_VALUE, KvStore
 
@@ -166,6 +168,20 @@ class UnshardedChunkStore(ChunkStore):
         return stats
 
 
+def _ids_text(ids: Iterable[int], limit: int = 8) -> str:
+    """``chunks [1, 2, 3]`` (at most ``limit`` ids shown), for error messages."""
+    ids = sorted(ids)
+    more = f", ... ({len(ids)} in all)" if len(ids) > limit else ""
+    return f"chunk{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids[:limit]))}{more}"
+
+
+def _size_seen(start: int, blob: bytes | None) -> str:
+    """What a short ranged read tells about an object's size, for error messages."""
+    if blob is None:
+        return "0 (the shard file is missing)"
+    return str(start + len(blob)) if blob else f"<= {start}"
+
+
 class ShardedChunkStore(ChunkStore):
     """Chunks packed into ``neuroglancer_uint64_sharded_v1`` shard files.
 
@@ -178,6 +194,10 @@ class ShardedChunkStore(ChunkStore):
 
     #: Number of cached minishard indices / shard index entries.
     INDEX_CACHE_ENTRIES = 16384
+    #: Largest span of a shard index read in one request to get several entries.
+    INDEX_SPAN_BYTES = 64 * 1024
+    #: Attempts to rewrite a shard that other writers keep changing before giving up.
+    MAX_COMMIT_RETRIES = 64
 
     def __init__(
         self, kvstore: KvStore, prefix: str, grid: ChunkGrid, spec: sh.ShardingSpec
@@ -213,7 +233,9 @@ class ShardedChunkStore(ChunkStore):
 
     def describe(self, pos: Vec3) -> str:
         ids, shards, minis = self.placement([pos])
-        return f"chunk {int(ids[0])} in minishard {int(minis[0])} of {self.shard_key(int(shards[0]))!r}"
+        return (
+            f"{self.shard_key(int(shards[0]))}, minishard {int(minis[0])}, chunk id {int(ids[0])}"
+        )
 
     def group_of(self, pos: Vec3) -> Hashable:
         return int(self.placement([pos])[1][0])
@@ -262,7 +284,7 @@ class ShardedChunkStore(ChunkStore):
         return {
             int(s)
             for s, c in zip(values, counts, strict=True)
-            if c > 1 and c == sh.chunks_in_shard(self.spec, self.bits, self.grid.shape, int(s))
+            if c == sh.chunks_in_shard(self.spec, self.bits, self.grid.shape, int(s))
         }
 
     def _read_whole_shards(
@@ -272,11 +294,22 @@ class ShardedChunkStore(ChunkStore):
         blobs = self.kvstore.read_many([self.shard_key(s) for s in order])
         contents = {}
         for s, blob in zip(order, blobs, strict=True):
-            contents[s] = {} if blob is None else sh.split_shard(blob, self.spec, self.shard_key(s))
+            key = self.shard_key(s)
+            try:
+                contents[s] = (
+                    {}
+                    if blob is None
+                    else sh.split_shard(blob, self.spec, key, allow_duplicates=True)
+                )
+            except CorruptDataError as e:
+                wanted = [int(i) for i, t in zip(ids, shards, strict=True) if int(t) == s]
+                raise CorruptDataError(
+                    f'Error reading {_ids_text(wanted)} of shard "{key}" (the whole shard): {e}'
+                ) from None
         for i, s in enumerate(shards):
             s = int(s)
             if s in whole:
-                out[i] = contents[s].get(int(ids[i]))
+                out[i] = contents[s].get(int(ids[i]))  # type: ignore[assignment]
 
     def _read_via_indices(
         self,
@@ -286,116 +319,130 @@ class ShardedChunkStore(ChunkStore):
         minis: np.ndarray,
         out: list[bytes | None],
     ) -> None:
-        needed = sorted({(int(shards[i]), int(minis[i])) for i in idx})
-        self._load_entries([k for k in needed if not self._has(self._entries, k)])
-        self._load_minishards([k for k in needed if not self._has(self._minishards, k)])
+        # (shard, minishard) -> a requested chunk id in it, to name in error messages.
+        wanted: dict[tuple[int, int], int] = {}
+        for i in idx:
+            wanted.setdefault((int(shards[i]), int(minis[i])), int(ids[i]))
+        with self._lock:
+            entries = {k: self._entries[k] for k in wanted if k in self._entries}
+            tables = {k: self._minishards[k] for k in wanted if k in self._minishards}
+        # Work from local copies: a concurrent reader may evict cache entries meanwhile.
+        missing_entries = {k: c for k, c in wanted.items() if k not in tables and k not in entries}
+        entries.update(self._load_entries(missing_entries))
+        missing_tables = {k: c for k, c in wanted.items() if k not in tables}
+        tables.update(self._load_minishards(missing_tables, entries))
         requests: list[tuple[str, int, int]] = []
         targets: list[int] = []
-        with self._lock:
-            for i in idx:
-                key = (int(shards[i]), int(minis[i]))
-                table = self._minishards.get(key) or {}
-                rng = table.get(int(ids[i]))
-                if rng is not None:
-                    requests.append((self.shard_key(key[0]), rng[0], rng[1]))
-                    targets.append(i)
+        for i in idx:
+            key = (int(shards[i]), int(minis[i]))
+            rng = tables[key].get(int(ids[i]))
+            if rng is not None:
+                requests.append((self.shard_key(key[0]), rng[0], rng[1]))
+                targets.append(i)
         if not requests:
             return
         blobs = self.kvstore.read_ranges(requests)
         for i, (key, a, b), blob in zip(targets, requests, blobs, strict=True):
+            what = f'chunk {int(ids[i])} in minishard {int(minis[i])} of "{key}"'
             if blob is None or len(blob) != b - a:
                 raise CorruptDataError(
-                    f"Error reading chunk {int(ids[i])} in minishard {int(minis[i])} of {key!r}: "
-                    f"Requested byte range [{a}, {b}) is not valid for the shard "
-                    f"(got {0 if blob is None else len(blob)} bytes)"
+                    f"Error reading {what}: Requested byte range [{a}, {b}) is not valid for "
+                    f"value of size {_size_seen(a, blob)}"
                 )
-            out[i] = sh.decode_chunk_data(
-                blob, self.spec, f"chunk {int(ids[i])} in minishard {int(minis[i])} of {key!r}"
-            )
+            out[i] = sh.decode_chunk_data(blob, self.spec, what)
 
-    def _has(self, cache: LRUCache, key: tuple[int, int]) -> bool:
-        with self._lock:
-            return key in cache
+    def _size(self, key: str) -> int | str:
+        """Size of a small (truncated) stored shard, for error messages."""
+        blob = self.kvstore.read(key)
+        return "<missing>" if blob is None else len(blob)
 
-    def _load_entries(self, keys: list[tuple[int, int]]) -> None:
-        """Fetch shard index entries; a shard needing several reads its whole index."""
-        if not keys:
-            return
+    def _load_entries(
+        self, wanted: Mapping[tuple[int, int], int]
+    ) -> dict[tuple[int, int], tuple[int, int] | None]:
+        """Fetch shard index entries (absolute ranges, ``None`` = empty minishard).
+
+        One request per shard: the span of the shard index from the first to the last
+        entry needed (one entry when one minishard is needed), or one request per entry
+        when that span would be large. ``wanted`` maps each key to a chunk id to name.
+        """
+        found: dict[tuple[int, int], tuple[int, int] | None] = {}
+        if not wanted:
+            return found
         by_shard: dict[int, list[int]] = {}
-        for s, m in keys:
+        for s, m in sorted(wanted):
             by_shard.setdefault(s, []).append(m)
         requests: list[tuple[str, int, int]] = []
-        plan: list[tuple[int, list[int] | None]] = []
+        plan: list[tuple[int, int, list[int]]] = []  # (shard, first entry, entries wanted)
         for s, ms in by_shard.items():
             key = self.shard_key(s)
-            if len(ms) > 1:
-                requests.append((key, 0, self.index_size))
-                plan.append((s, None))
-            else:
-                requests.append((key, 16 * ms[0], 16 * ms[0] + 16))
-                plan.append((s, ms))
+            spans = (
+                [ms] if 16 * (ms[-1] + 1 - ms[0]) <= self.INDEX_SPAN_BYTES else [[m] for m in ms]
+            )
+            for group in spans:
+                requests.append((key, 16 * group[0], 16 * (group[-1] + 1)))
+                plan.append((s, group[0], group))
         blobs = self.kvstore.read_ranges(requests)
-        found: dict[tuple[int, int], tuple[int, int] | None] = {}
-        for (s, ms), (key, a, b), blob in zip(plan, requests, blobs, strict=True):
+        for (s, lo, ms), (key, a, _), blob in zip(plan, requests, blobs, strict=True):
             if blob is None:  # no shard file: every chunk in it is missing
-                for m in by_shard[s]:
-                    found[(s, m)] = None
+                found.update({(s, m): None for m in ms})
                 continue
-            if ms is None:
-                if len(blob) == 0:
-                    for m in by_shard[s]:
-                        found[(s, m)] = None
-                    continue
-                if len(blob) < self.index_size:
+            for m in ms:
+                entry = blob[16 * (m - lo) : 16 * (m - lo) + 16]
+                if len(entry) < 16:  # the file ends before this entry: empty or truncated
+                    size: int | str = a + len(blob) if blob else self._size(key)
+                    if size == 0 or size == "<missing>":
+                        found.update({(s, m): None for m in ms})  # no chunks
+                        break
                     raise CorruptDataError(
-                        f"Error retrieving shard index of {key!r}: Requested byte range "
-                        f"[0, {self.index_size}) is not valid for value of size {len(blob)}"
+                        f'Error reading chunk {wanted[(s, m)]} in minishard {m} of "{key}": '
+                        f"Error retrieving shard index entry: Requested byte range "
+                        f"[{16 * m}, {16 * m + 16}) is not valid for value of size {size}"
                     )
-                for m in range(1 << self.spec.minishard_bits):
-                    found[(s, m)] = sh.decode_shard_index_entry(
-                        blob[16 * m : 16 * m + 16], m, self.spec, key
-                    )
-            else:
-                m = ms[0]
-                if len(blob) == 0 and self._is_empty_file(key):
-                    found[(s, m)] = None
-                    continue
-                if len(blob) < 16:
-                    raise CorruptDataError(
-                        f"Error retrieving shard index entry for minishard {m} of {key!r}: "
-                        f"Requested byte range [{a}, {b}) is not valid for value of size "
-                        f"{a + len(blob)}"
-                    )
-                found[(s, m)] = sh.decode_shard_index_entry(blob, m, self.spec, key)
+                found[(s, m)] = self._entry(entry, s, m, key, wanted)
         with self._lock:
             self._entries.update(found)
+        return found
 
-    def _is_empty_file(self, key: str) -> bool:
-        head = self.kvstore.read_range(key, 0, 1)
-        return head is not None and len(head) == 0
+    def _entry(
+        self, data16: bytes, s: int, m: int, key: str, wanted: Mapping[tuple[int, int], int]
+    ) -> tuple[int, int] | None:
+        try:
+            return sh.decode_shard_index_entry(data16, m, self.spec, key)
+        except CorruptDataError as e:
+            raise CorruptDataError(f"Error reading chunk {wanted[(s, m)]}: {e}") from None
 
-    def _load_minishards(self, keys: list[tuple[int, int]]) -> None:
-        with self._lock:
-            ranges = {k: self._entries.get(k) for k in keys}
-        empty = {k for k, r in ranges.items() if r is None}
-        todo = [k for k in keys if k not in empty]
-        found: dict[tuple[int, int], dict[int, tuple[int, int]]] = {k: {} for k in empty}
+    def _load_minishards(
+        self,
+        wanted: Mapping[tuple[int, int], int],
+        entries: Mapping[tuple[int, int], tuple[int, int] | None],
+    ) -> dict[tuple[int, int], dict[int, tuple[int, int]]]:
+        """Fetch and decode minishard indices ``{chunk id: absolute (start, stop)}``."""
+        found: dict[tuple[int, int], dict[int, tuple[int, int]]] = {
+            k: {} for k in wanted if entries[k] is None
+        }
+        todo = [k for k in wanted if k not in found]
         if todo:
-            requests = [(self.shard_key(s), *ranges[(s, m)]) for s, m in todo]  # type: ignore[misc]
+            requests = [(self.shard_key(s), *entries[(s, m)]) for s, m in todo]  # type: ignore[misc]
             blobs = self.kvstore.read_ranges(requests)
             for (s, m), (key, a, b), blob in zip(todo, requests, blobs, strict=True):
-                got = 0 if blob is None else len(blob)
-                if blob is None or got != b - a:
+                cid = wanted[(s, m)]
+                if blob is None or len(blob) != b - a:
                     raise CorruptDataError(
-                        f"Error reading minishard {m} in {key!r}: Requested byte range "
-                        f"[{a}, {b}) is not valid for value of size {a + got}"
+                        f'Error reading chunk {cid} in minishard {m} of "{key}": Error reading '
+                        f"minishard index: Requested byte range [{a}, {b}) is not valid for "
+                        f"value of size {_size_seen(a, blob)}"
                     )
-                mids, starts, ends = sh.decode_minishard_index(blob, self.spec, key, m)
-                found[(s, m)] = {
-                    int(i): (int(x), int(y)) for i, x, y in zip(mids, starts, ends, strict=True)
-                }
+                try:
+                    mids, starts, ends = sh.decode_minishard_index(blob, self.spec, key, m)
+                except CorruptDataError as e:
+                    raise CorruptDataError(f"Error reading chunk {cid}: {e}") from None
+                table: dict[int, tuple[int, int]] = {}
+                for i, x, y in zip(mids.tolist(), starts.tolist(), ends.tolist(), strict=True):
+                    table.setdefault(i, (x, y))  # a duplicated id: the first entry wins
+                found[(s, m)] = table
         with self._lock:
             self._minishards.update(found)
+        return found
 
     # -- writing --------------------------------------------------------------------------
     def commit_group(self, group: Hashable, updates: Mapping[Vec3, bytes | None]) -> CommitStats:
@@ -418,13 +465,21 @@ class ShardedChunkStore(ChunkStore):
         full = self.rectangular and len(new) == self.group_size(shard)
         while True:
             if full:
-                merged: dict[int, bytes] = {}
+                merged: dict[int, bytes | memoryview] = {}
                 generation = None
             else:
                 blob, generation = self.kvstore.read_with_generation(key)
-                # Keep stored chunks in their data encoding: no gunzip/gzip round trip.
-                merged = {} if not blob else sh.split_shard(blob, self.spec, key, decode=False)
-                del blob  # free the old shard before encoding the new one
+                # Keep stored chunks in their data encoding (zero-copy views into the old
+                # shard): no gunzip/gzip round trip, and only the old + the new shard in
+                # memory. A shard that cannot be parsed is never overwritten.
+                try:
+                    merged = {} if not blob else sh.split_shard(blob, self.spec, key, decode=False)
+                except CorruptDataError as e:
+                    raise CorruptDataError(
+                        f'Cannot write {_ids_text(new)} to shard "{key}" (nothing was '
+                        f"written): the existing shard is corrupt: {e}"
+                    ) from None
+                del blob
             for cid, data in new.items():
                 if data is None:
                     merged.pop(cid, None)
@@ -444,7 +499,15 @@ class ShardedChunkStore(ChunkStore):
                 ok = self.kvstore.write_if(key, encoded, generation)
             if ok:
                 break
+            # Another writer changed the shard since we read it: read and merge again.
+            encoded = None
             stats.retries += 1
+            if stats.retries >= self.MAX_COMMIT_RETRIES:
+                raise ConditionFailedError(
+                    f'Error writing shard "{key}": it changed concurrently on each of '
+                    f"{stats.retries} attempts; giving up (the edits are not stored)"
+                )
+            time.sleep(random.uniform(0, min(0.2, 0.001 * (1 << min(stats.retries, 8)))))
         self.invalidate([shard])
         if encoded is None:
             stats.groups_deleted += 1

@@ -25,6 +25,8 @@ __all__ = ["Transaction", "commit_chunks"]
 
 Vec3 = tuple[int, int, int]
 Progress = Callable[[int, int], None]
+#: ``(handle, {pos: stored chunk}, positions rewritten meanwhile)``: see ``commit``.
+Committed = Callable[["ScaleHandle", dict[Vec3, np.ndarray], set[Vec3]], None]
 
 #: Groups (shards or chunks) committed concurrently: bounds memory to a few shards.
 GROUP_CONCURRENCY = 4
@@ -87,11 +89,35 @@ class Transaction:
 
     abort = discard
 
+    def replace(
+        self, handle: ScaleHandle, pos: Vec3, expected: np.ndarray, new: np.ndarray | None
+    ) -> bool:
+        """Swap the dirty chunk at ``pos`` for ``new`` (``None``: forget it, nothing to
+        store) only if it is still the array ``expected`` (identity): a concurrent write
+        in between wins. Returns whether the swap happened."""
+        with self._lock:
+            entry = self._dirty.get(id(handle))
+            item = None if entry is None else entry[1].get(pos)
+            if item is None or item[1] is not expected:
+                return False
+            if new is None:
+                del entry[1][pos]  # type: ignore[index]
+                if not entry[1]:  # type: ignore[index]
+                    del self._dirty[id(handle)]
+            else:
+                self.put(handle, pos, new)
+            return True
+
     # -- commit ---------------------------------------------------------------------------
-    def commit(self, progress: Progress | None = None) -> CommitStats:
+    def commit(
+        self, progress: Progress | None = None, on_committed: Committed | None = None
+    ) -> CommitStats:
         """Store every dirty chunk; each touched shard (or chunk key) is written once.
 
         On failure the exception propagates and every edit not yet stored stays dirty.
+        ``on_committed(handle, chunks, still_dirty)`` is called (under the transaction's
+        lock) after each group is stored, with the chunks that were stored and those of
+        them that were rewritten meanwhile and so remain dirty.
         """
         total = CommitStats()
         with self._lock:
@@ -103,14 +129,16 @@ class Transaction:
                 # Forget only entries not rewritten while we were committing.
                 with self._lock:
                     entry = self._dirty.get(id(handle))
-                    if entry is None:
-                        return
-                    for p in positions:
-                        cur = entry[1].get(p)
-                        if cur is not None and cur[0] == chunks[p][0]:
-                            del entry[1][p]
-                    if not entry[1]:
-                        del self._dirty[id(handle)]
+                    if entry is not None:
+                        for p in positions:
+                            cur = entry[1].get(p)
+                            if cur is not None and cur[0] == chunks[p][0]:
+                                del entry[1][p]
+                        if not entry[1]:
+                            del self._dirty[id(handle)]
+                    if on_committed is not None:
+                        still = set() if entry is None else {p for p in positions if p in entry[1]}
+                        on_committed(handle, {p: chunks[p][1] for p in positions}, still)
 
             total.add(commit_chunks(handle, arrays, progress=progress, on_group_done=done))
         self.last_stats = total

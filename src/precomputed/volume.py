@@ -11,7 +11,7 @@ is a free transpose.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,8 +30,14 @@ if TYPE_CHECKING:
 __all__ = ["Volume", "ScaleHandle", "IndexDomain", "ChunkLayout"]
 
 LABELS = ("x", "y", "z", "channel")
+#: Cache marker for a chunk known to be absent from storage.
+_MISSING = np.zeros(0, np.uint8)
 #: Chunks fetched per batch on large reads: bounds encoded bytes held at once.
 READ_BATCH = 256
+#: Striped locks serialising the read-modify-write of one write group (chunk or shard)
+#: within the process: concurrent partial writes to one chunk must not lose updates.
+#: Re-entrant, so a write made from inside another (a callback) cannot deadlock.
+_GROUP_LOCKS = [threading.RLock() for _ in range(64)]
 
 
 @dataclass(frozen=True)
@@ -140,25 +146,31 @@ class ScaleHandle:
     def invalidate_chunks(self, positions: Sequence[Vec3]) -> None:
         self.context.cache.invalidate([(self.cache_id, tuple(p)) for p in positions])
 
-    def missing(self, pos: Vec3) -> None:
-        if not self.fill_missing_data_reads:
-            where = self.store.describe(pos)
-            raise NotFoundError(
-                f"chunk {{{pos[0]}, {pos[1]}, {pos[2]}}} stored at {where!r} is missing"
-            )
+    def missing(self, pos: Vec3) -> NotFoundError:
+        """The NOT_FOUND error for a missing chunk (``fill_missing_data_reads=False``)."""
+        where = self.store.describe(pos)
+        return NotFoundError(
+            f'chunk {{{pos[0]}, {pos[1]}, {pos[2]}}} stored at "{where}" is missing'
+        )
 
     def fetch(
         self,
         positions: Sequence[Vec3],
         txn: Transaction | None,
         consume: Callable[[Vec3, np.ndarray | None], None],
+        fill_missing: bool | None = None,
     ) -> None:
         """Deliver each chunk (decoded czyx, or None when missing) to ``consume``.
+
+        A missing chunk raises NOT_FOUND unless ``fill_missing`` (default: the
+        ``fill_missing_data_reads`` option) is true.
 
         Order: the transaction's dirty chunks, then the cache, then the store, fetched
         concurrently in batches and decoded on the context's thread pool; ``consume`` runs
         on the pool too, so decoding and copying proceed in parallel.
         """
+        if fill_missing is None:
+            fill_missing = self.fill_missing_data_reads
         cache = self.context.cache
         todo: list[Vec3] = []
         for pos in positions:
@@ -167,21 +179,29 @@ class ScaleHandle:
                 chunk = cache.get((self.cache_id, pos))
             if chunk is None:
                 todo.append(pos)
+            elif chunk is _MISSING:
+                if not fill_missing:
+                    raise self.missing(pos)
+                consume(pos, None)
             else:
                 consume(pos, chunk)
         pool = self.context.executor
-        for i in range(0, len(todo), READ_BATCH):
-            batch = todo[i : i + READ_BATCH]
+        for batch in self._read_batches(todo):
+            epoch = cache.epoch  # before reading: see ChunkCache.put
             blobs = self.store.read_chunks(batch)
 
-            def work(item: tuple[Vec3, bytes | None]) -> None:
+            def work(item: tuple[Vec3, bytes | None], epoch: int = epoch) -> None:
                 pos, blob = item
                 if blob is None:
-                    self.missing(pos)
+                    # Remember absence too: sparse volumes would re-request it on every
+                    # napari refresh (our own writes invalidate the entry).
+                    cache.put((self.cache_id, pos), _MISSING, epoch)
+                    if not fill_missing:
+                        raise self.missing(pos)
                     consume(pos, None)
                     return
                 chunk = self.decode(pos, blob)
-                cache.put((self.cache_id, pos), chunk)
+                cache.put((self.cache_id, pos), chunk, epoch)
                 consume(pos, chunk)
 
             items = list(zip(batch, blobs, strict=True))
@@ -191,6 +211,25 @@ class ScaleHandle:
             else:
                 for f in [pool.submit(work, it) for it in items]:
                     f.result()
+
+    def _read_batches(self, todo: list[Vec3]) -> Iterator[list[Vec3]]:
+        """Batches of about READ_BATCH chunks. With rectangular shards the chunks are
+        ordered by shard and a batch never splits one, so a read covering whole shards
+        fetches each in a single request (whatever the shard's size)."""
+        if len(todo) <= READ_BATCH or not getattr(self.store, "rectangular", False):
+            for i in range(0, len(todo), READ_BATCH):
+                yield todo[i : i + READ_BATCH]
+            return
+        groups = self.store.groups_of(todo)  # type: ignore[attr-defined]
+        order = sorted(range(len(todo)), key=groups.__getitem__)
+        batch: list[Vec3] = []
+        for j, i in enumerate(order):
+            if len(batch) >= READ_BATCH and groups[i] != groups[order[j - 1]]:
+                yield batch
+                batch = []
+            batch.append(todo[i])
+        if batch:
+            yield batch
 
     def read_box(self, box: Box, channels: tuple[int, int], txn: Transaction | None) -> np.ndarray:
         """Read an absolute x,y,z box and channel range as a C-order czyx array."""
@@ -261,12 +300,9 @@ class ScaleHandle:
                 )
 
             if partial:
-                saved = self.fill_missing_data_reads
-                self.fill_missing_data_reads = True  # a missing chunk is zeros for writes
-                try:
-                    self.fetch(partial, txn, base)
-                finally:
-                    self.fill_missing_data_reads = saved
+                # A missing chunk is zeros for writes, whatever fill_missing_data_reads says
+                # (passed per call: the handle is shared with concurrent readers).
+                self.fetch(partial, txn, base, fill_missing=True)
             for pos in members:
                 cb = self.grid.chunk_box(pos)
                 inter = box.intersect(cb)
@@ -289,8 +325,10 @@ class ScaleHandle:
                     txn.put(self, pos, chunk)
             return None
         total = CommitStats()
-        for i, members in enumerate(groups.values()):
-            total.add(commit_chunks(self, build(members)))
+        for i, (group, members) in enumerate(groups.items()):
+            # One group at a time, so holding its lock cannot deadlock.
+            with _GROUP_LOCKS[hash((self.cache_id, group)) % len(_GROUP_LOCKS)]:
+                total.add(commit_chunks(self, build(members)))
             if progress is not None:
                 progress(i + 1, len(groups))
         return total
