@@ -170,8 +170,7 @@ def _make_volume(
     )
     handle.request = req  # type: ignore[attr-defined]
     vol = Volume(handle)
-    box = req.transform_box()
-    if box is not None:
-        lo, hi = box
-        vol = vol[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))]
+    selection = req.transform_index()
+    if selection is not None:
+        vol = vol[tuple(selection)]
     return vol

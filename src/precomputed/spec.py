@@ -131,10 +131,10 @@ class OpenRequest:
         """The TensorStore kvstore spec of the volume directory (reopenable by TS)."""
         return combine_kvstore(self.kvstore, self.path)
 
-    def transform_box(self) -> tuple[list[int | None], list[int | None]] | None:
-        """``(inclusive_min, exclusive_max)`` of the transform's input domain (x, y, z,
-        channel; ``None`` = unbounded), or ``None`` without a transform."""
-        return None if self.transform is None else _transform_box(self.transform)
+    def transform_index(self) -> list[slice | int] | None:
+        """The x, y, z, channel index the ``transform`` selects (slices for box bounds,
+        integers for dimensions fixed to an index), or ``None`` without a transform."""
+        return None if self.transform is None else _transform_index(self.transform)
 
     def for_scale(self, index: int) -> OpenRequest:
         """The request that opens scale ``index`` of the same volume (open only)."""
@@ -363,7 +363,7 @@ def _parse_object(obj: dict[str, Any]) -> OpenRequest:
     if "transform" in obj:
         with member("transform"):
             req.transform = dict(require_object(obj["transform"]))
-            _transform_box(req.transform)  # validate early
+            _transform_index(req.transform)  # validate early
     kvstore = obj.get("kvstore", MISSING)
     if kvstore is not MISSING:
         with member("kvstore"):
@@ -436,16 +436,40 @@ def _mode_error(flag: str, relation: str, other: str) -> InvalidArgumentError:
     return InvalidArgumentError(f"Cannot specify an open mode of `{flag}` {relation} `{other}`")
 
 
-def _transform_box(transform: Mapping[str, Any]) -> tuple[list[int | None], list[int | None]]:
-    """The input box of a transform that maps dimensions identically (else an error)."""
+def _transform_index(transform: Mapping[str, Any]) -> list[slice | int]:
+    """The x, y, z, channel index equivalent to ``transform`` (else an error).
+
+    Supported: each output dimension either maps one input dimension with offset 0 and
+    stride 1 (input dimensions in increasing order: a box) or is a constant ``offset``
+    (an integer index that drops the dimension) — exactly what ``Volume.spec()`` emits.
+    """
     output = transform.get("output")
-    if output is not None and output != [{"input_dimension": d} for d in range(RANK)]:
-        raise InvalidArgumentError(
-            "Only transforms that restrict the domain to a box are supported, but received: "
-            + dump_json(dict(transform))
-        )
-    lo: list[int | None] = [None] * RANK
-    hi: list[int | None] = [None] * RANK
+    bad = InvalidArgumentError(
+        "Only transforms that restrict the domain to a box or fix dimensions to an index "
+        "are supported, but received: " + dump_json(dict(transform))
+    )
+    rank = None
+    for name in (
+        "input_inclusive_min",
+        "input_exclusive_max",
+        "input_inclusive_max",
+        "input_shape",
+        "input_labels",
+    ):
+        if isinstance(transform.get(name), list):
+            rank = len(transform[name])
+            break
+    if output is None:
+        maps: list[Any] = [{"input_dimension": d} for d in range(RANK)]
+        rank = RANK if rank is None else rank
+    else:
+        if not isinstance(output, list) or len(output) != RANK:
+            raise bad
+        maps = list(output)
+    if rank is None:
+        rank = sum(1 for m in maps if isinstance(m, Mapping) and "input_dimension" in m)
+    lo: list[int | None] = [None] * rank
+    hi: list[int | None] = [None] * rank
     for name in (
         "input_inclusive_min",
         "input_exclusive_max",
@@ -455,8 +479,8 @@ def _transform_box(transform: Mapping[str, Any]) -> tuple[list[int | None], list
         if name not in transform:
             continue
         values = transform[name]
-        if not isinstance(values, list) or len(values) != RANK:
-            raise InvalidArgumentError(f'"{name}" must be an array of length {RANK}')
+        if not isinstance(values, list) or len(values) != rank:
+            raise InvalidArgumentError(f'"{name}" must be an array of length {rank}')
         for d, v in enumerate(values):
             if isinstance(v, list) and len(v) == 1:
                 v = v[0]
@@ -472,7 +496,29 @@ def _transform_box(transform: Mapping[str, Any]) -> tuple[list[int | None], list
                 hi[d] = v + 1
             else:
                 hi[d] = (lo[d] or 0) + v
-    return lo, hi
+    index: list[slice | int] = []
+    last = -1
+    for m in maps:
+        if not isinstance(m, Mapping) or set(m) - {"input_dimension", "offset", "stride"}:
+            raise bad
+        if "input_dimension" in m:
+            i = m["input_dimension"]
+            if (
+                not isinstance(i, int)
+                or not last < i < rank
+                or m.get("offset", 0) != 0
+                or m.get("stride", 1) != 1
+            ):
+                raise bad
+            last = i
+            index.append(slice(lo[i], hi[i]))
+        elif isinstance(m.get("offset"), int) and not isinstance(m.get("offset"), bool):
+            index.append(int(m["offset"]))
+        else:
+            raise bad
+    if last != rank - 1 and rank:
+        raise bad
+    return index
 
 
 # ---------------------------------------------------------------------------------------

@@ -425,12 +425,25 @@ def test_kvstore_path_combination_matches_tensorstore(
         assert ts.Spec(spec).to_json()["kvstore"] == expected
 
 
-def test_transform_box() -> None:
+def test_transform_index() -> None:
     r = parse_spec(spec_of(transform={"input_inclusive_min": [1, 2, 3, 0], "input_exclusive_max": [5, 6, 7, ["+inf"]]}))  # fmt: skip
-    assert r.transform_box() == ([1, 2, 3, 0], [5, 6, 7, None])
-    assert parse_spec(spec_of()).transform_box() is None
-    with pytest.raises(InvalidArgumentError, match="Only transforms"):
-        parse_spec(spec_of(transform={"output": [{"offset": 1}] * 4}))
+    assert r.transform_index() == [slice(1, 5), slice(2, 6), slice(3, 7), slice(0, None)]
+    assert parse_spec(spec_of()).transform_index() is None
+    dropped = {
+        "input_inclusive_min": [2, 4, 1],
+        "input_exclusive_max": [10, 8, 2],
+        "output": [{"input_dimension": 0}, {"offset": 5}, {"input_dimension": 1}, {"input_dimension": 2}],
+    }  # fmt: skip
+    assert parse_spec(spec_of(transform=dropped)).transform_index() == [
+        slice(2, 10), 5, slice(4, 8), slice(1, 2)
+    ]  # fmt: skip
+    transposed = [{"input_dimension": d} for d in (1, 0, 2, 3)]
+    for output in (
+        transposed,
+        [{"input_dimension": 0, "stride": 2}] + transposed[2:] + [{"offset": 0}],
+    ):
+        with pytest.raises(InvalidArgumentError, match="Only transforms"):
+            parse_spec(spec_of(transform={"output": output}))
 
 
 # ---------------------------------------------------------------------------------------

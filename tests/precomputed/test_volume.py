@@ -504,3 +504,24 @@ def test_a_read_racing_a_write_does_not_cache_the_old_chunk(
     stale = vol[-5:11, 3:19, -2:6, :].read()
     np.testing.assert_array_equal(stale, data[0:16, 0:16, 0:8])  # read began before the write
     assert not vol[-5:11, 3:19, -2:6, :].read().any()  # but the old chunk was not cached
+
+
+def test_spec_of_view_with_dropped_dimensions_reopens_to_the_same_data(tmp_path) -> None:
+    spec = {
+        "driver": "neuroglancer_precomputed",
+        "kvstore": {"driver": "file", "path": str(tmp_path) + "/"},
+        "multiscale_metadata": {"type": "image", "data_type": "uint8", "num_channels": 2},
+        "scale_metadata": {
+            "size": [20, 30, 10],
+            "voxel_offset": [1, 2, 3],
+            "chunk_size": [8, 8, 4],
+        },
+    }
+    vol = precomputed.open(spec, create=True)
+    vol[...] = np.random.default_rng(0).integers(0, 255, vol.shape, dtype=np.uint8)
+    view = vol[2:10, 5, 4:8, 1]
+    again = precomputed.open(view.spec())
+    assert again.domain == view.domain
+    np.testing.assert_array_equal(again.read(), view.read())
+    theirs = ts.open(view.spec()).result()
+    np.testing.assert_array_equal(theirs.read().result(), view.read())
