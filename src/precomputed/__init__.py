@@ -5,6 +5,7 @@ README and docs/ for the spec, URLs, transactions and sharding.
 """
 
 from .cache import ChunkCache, Context, default_context
+from .dask import store, to_dask
 from .driver import open, open_scales, read_info
 from .errors import (
     AlreadyExistsError,
@@ -54,4 +55,6 @@ __all__ = [
     "open_kvstore",
     "open_scales",
     "read_info",
+    "store",
+    "to_dask",
 ]
