@@ -5,7 +5,21 @@ Labels layer for segmentations, placed in nanometres. See docs/napari.md.
 """
 
 from ._array import LevelArray
+from ._labels import CommitError, CommitResult, EditSession, edit_labels, open_sessions
 from ._reader import get_reader, read_volume
 from ._sample_data import make_sample_data
+from ._writer import write_image, write_labels
 
-__all__ = ["LevelArray", "get_reader", "make_sample_data", "read_volume"]
+__all__ = [
+    "CommitError",
+    "CommitResult",
+    "EditSession",
+    "LevelArray",
+    "edit_labels",
+    "open_sessions",
+    "get_reader",
+    "make_sample_data",
+    "read_volume",
+    "write_image",
+    "write_labels",
+]
