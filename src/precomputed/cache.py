@@ -41,6 +41,9 @@ class ChunkCache:
         self.misses = 0
         #: Bumped by every invalidation: see :meth:`put`.
         self.epoch = 0
+        #: Owners (scale cache ids) that have partial-chunk entries, so invalidation scans
+        #: the cache only when it can find something.
+        self.partial_owners: set[Hashable] = set()
 
     @property
     def nbytes(self) -> int:
@@ -57,6 +60,10 @@ class ChunkCache:
             else:
                 self.hits += 1
             return value
+
+    def __contains__(self, key: Hashable) -> bool:
+        with self._lock:
+            return key in self._lru
 
     def put(self, key: Hashable, value: np.ndarray, epoch: int | None = None) -> None:
         """Cache ``value``. With ``epoch`` (the :attr:`epoch` read before fetching it),
@@ -82,6 +89,22 @@ class ChunkCache:
             self.epoch += 1
             for k in [k for k in self._lru if isinstance(k, tuple) and k[:n] == prefix]:
                 del self._lru[k]
+
+    def invalidate_positions(self, owner: Hashable, positions: Iterable[Hashable]) -> None:
+        """Drop every entry ``(owner, pos, ...)`` for the given positions: the whole
+        chunks and any partial (slab) entries cached for them."""
+        wanted = set(positions)
+        with self._lock:
+            self.epoch += 1
+            for p in wanted:
+                self._lru.pop((owner, p), None)
+            if owner in self.partial_owners:
+                for k in [
+                    k
+                    for k in self._lru
+                    if isinstance(k, tuple) and len(k) > 2 and k[0] == owner and k[1] in wanted
+                ]:
+                    del self._lru[k]
 
     def clear(self) -> None:
         with self._lock:

@@ -20,7 +20,7 @@ import numpy as np
 from .codecs import ChunkEncoding, decode_chunk, encode_chunk
 from .errors import InvalidArgumentError, NotFoundError, OutOfRangeError
 from .grid import Box, ChunkGrid, Vec3
-from .storage import ChunkStore, CommitStats
+from .storage import ChunkStore, CommitStats, UnshardedChunkStore
 from .transaction import Transaction, commit_chunks
 
 if TYPE_CHECKING:
@@ -144,7 +144,7 @@ class ScaleHandle:
         return encode_chunk(np.ascontiguousarray(chunk), self.encoding)
 
     def invalidate_chunks(self, positions: Sequence[Vec3]) -> None:
-        self.context.cache.invalidate([(self.cache_id, tuple(p)) for p in positions])
+        self.context.cache.invalidate_positions(self.cache_id, [tuple(p) for p in positions])
 
     def missing(self, pos: Vec3) -> NotFoundError:
         """The NOT_FOUND error for a missing chunk (``fill_missing_data_reads=False``)."""
@@ -257,8 +257,121 @@ class ScaleHandle:
                 (slice(c0, c1), src[2], src[1], src[0])
             ]
 
+        if self._slab_reads:
+            cells = self._read_slabs(cells, box, channels, txn, out)
         self.fetch(cells, txn, place)
         return out
+
+    @property
+    def _slab_reads(self) -> bool:
+        """Raw unsharded chunks store x fastest, then y, z, channel: a range of z-planes
+        of one channel is one contiguous byte range, so a thin read can skip the rest."""
+        return self.encoding.encoding == "raw" and isinstance(self.store, UnshardedChunkStore)
+
+    def _read_slabs(
+        self,
+        cells: list[Vec3],
+        box: Box,
+        channels: tuple[int, int],
+        txn: Transaction | None,
+        out: np.ndarray,
+    ) -> list[Vec3]:
+        """Fill ``out`` from byte ranges of chunks the box covers only partly in z (or in
+        channels); returns the cells still to read whole (covered, cached, dirty, or whose
+        ranged read did not give raw bytes, e.g. a missing or gzip-compressed chunk)."""
+        c0, c1 = channels
+        whole: list[Vec3] = []
+        slabs: list[tuple[Vec3, Box, Box]] = []
+        cache = self.context.cache
+        for pos in cells:
+            cb = self.grid.chunk_box(pos)
+            inter = box.intersect(cb)
+            thin = inter.shape[2] < cb.shape[2] or (c0, c1) != (0, self.num_channels)
+            if (
+                not thin
+                or (txn is not None and txn.get(self, pos) is not None)
+                or (self.cache_id, pos) in cache
+            ):
+                whole.append(pos)
+            else:
+                slabs.append((pos, cb, inter))
+        if not slabs:
+            return whole
+        isz = self.dtype.itemsize
+        le = self.dtype.newbyteorder("<")
+        epoch = cache.epoch  # before reading: a racing write must not be undone
+        # Slabs are cached per chunk, z-range and channel, so napari re-reading the same
+        # plane costs nothing; writes drop them with the chunk (invalidate_positions).
+        found: dict[tuple[Any, ...], np.ndarray] = {}
+        requests = []
+        wanted: list[tuple[Any, ...]] = []
+        for pos, cb, inter in slabs:
+            x, y, z = cb.shape
+            z0, z1 = inter.start[2] - cb.start[2], inter.stop[2] - cb.start[2]
+            key = self.store.key(pos)  # type: ignore[attr-defined]
+            for c in range(c0, c1):
+                ck = (self.cache_id, pos, "slab", z0, z1, c)
+                hit = cache.get(ck)
+                if hit is not None:
+                    found[ck] = hit
+                    continue
+                plane = (c * z) * y * x
+                requests.append((key, (plane + z0 * y * x) * isz, (plane + z1 * y * x) * isz))
+                wanted.append(ck)
+        blobs = self.store.kvstore.read_ranges(requests) if requests else []
+        by_key = dict(zip(wanted, blobs, strict=True))
+        missing: list[Vec3] = []
+        for pos, cb, inter in slabs:
+            x, y, z = cb.shape
+            nz = inter.shape[2]
+            z0 = inter.start[2] - cb.start[2]
+            keys = [(self.cache_id, pos, "slab", z0, z0 + nz, c) for c in range(c0, c1)]
+            parts: list[np.ndarray] = []
+            if any(by_key.get(ck, b"") is None for ck in keys):
+                missing.append(pos)
+                continue
+            for ck in keys:
+                if ck in found:
+                    parts.append(found[ck])
+                    continue
+                blob = by_key[ck]
+                if blob is None or len(blob) != nz * y * x * isz:
+                    break  # missing, gzip or short: the whole-chunk path decides
+                slab = np.frombuffer(blob, le).reshape(nz, y, x)
+                cache.partial_owners.add(self.cache_id)
+                cache.put(ck, slab, epoch)
+                parts.append(slab)
+            if len(parts) != len(keys):
+                whole.append(pos)
+                continue
+            sy = slice(inter.start[1] - cb.start[1], inter.stop[1] - cb.start[1])
+            sx = slice(inter.start[0] - cb.start[0], inter.stop[0] - cb.start[0])
+            dz = slice(inter.start[2] - box.start[2], inter.stop[2] - box.start[2])
+            dy = slice(inter.start[1] - box.start[1], inter.stop[1] - box.start[1])
+            dx = slice(inter.start[0] - box.start[0], inter.stop[0] - box.start[0])
+            for c, slab in enumerate(parts):
+                out[c, dz, dy, dx] = slab[:, sy, sx]
+        if missing:
+            whole.extend(self._confirm_missing(missing, txn, epoch))
+        return whole
+
+    def _confirm_missing(
+        self, positions: list[Vec3], txn: Transaction | None, epoch: int
+    ) -> list[Vec3]:
+        """Chunks whose ranged read found no key: missing, unless a CloudVolume ``.gz``
+        twin exists (local stores only), which the whole-chunk path then decodes."""
+        store = self.store
+        twins: list[Vec3] = []
+        if getattr(store, "_try_gz_suffix", False):
+            found = store.kvstore.read_many([store.key(p) + ".gz" for p in positions])  # type: ignore[attr-defined]
+            twins = [p for p, b in zip(positions, found, strict=True) if b is not None]
+        for pos in positions:
+            if pos in twins:
+                continue
+            self.context.cache.put((self.cache_id, pos), _MISSING, epoch)
+            if not self.fill_missing_data_reads:
+                raise self.missing(pos)
+        return twins
 
     def write_box(
         self,

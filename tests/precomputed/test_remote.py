@@ -122,13 +122,16 @@ def test_http_plane_read_requests_only_the_plane_chunks(served: Any) -> None:
     plane = vol[:, :, 3, :].read()
     np.testing.assert_array_equal(plane, want["vol/0"][:, :, 5, :])
     xs, ys = ("-5-11", "11-27", "27-32"), ("3-19", "19-32")
-    assert sorted(gets(server)) == sorted(f"/vol/4_4_40/{x}_{y}_-2-6" for x in xs for y in ys)
+    # one ranged GET per chunk and channel (2 channels), each just the plane's bytes
+    want_keys = [f"/vol/4_4_40/{x}_{y}_-2-6" for x in xs for y in ys]
+    assert sorted(gets(server)) == sorted(want_keys * 2)
     server.clear_log()
     vol[:, :, 3, :].read()  # cached
     assert gets(server) == []
-    # missing chunks (404) read as zeros, with one request each and no ".gz" probing
+    # missing chunks (404) read as zeros, one request per chunk and channel, no ".gz" probing
     assert not vol[:, :, 7, :].read().any()
-    assert len(gets(server)) == 6
+    assert len(gets(server)) == 6 * 2
+    assert not any(p.endswith(".gz") for p in gets(server))
 
 
 @pytest.mark.parametrize(

@@ -197,7 +197,11 @@ def test_zyx_only_reads_chunks_of_the_view(filled: Any) -> None:
     sub = z[:, 9, 0:10, 0:10]  # z = 9 -> absolute 7: second z chunk, first x/y chunk
     assert vol.kvstore.stats["read"] == 0
     np.asarray(sub)
-    assert chunk_reads(vol) == ["-5-11_3-19_6-9"]
+    # One ranged read per channel of the one chunk, each only the z-plane's bytes.
+    assert chunk_reads(vol) == ["-5-11_3-19_6-9"] * 2
+    assert all(
+        b - a == 16 * 16 * 2 for op, _, a, b in vol.kvstore.request_log if op == "read_range"
+    )
 
 
 def test_zyx_setitem_writes_through(filled: Any) -> None:
@@ -288,8 +292,14 @@ def test_z_plane_read_touches_only_intersecting_chunks(filled: Any, z: int) -> N
     zc = (z - OFFSET[2]) // CHUNK[2]
     zr = f"{OFFSET[2] + 8 * zc}-{min(OFFSET[2] + 8 * zc + 8, 9)}"
     want = {f"{x}_{y}_{zr}" for x in ("-5-11", "11-27", "27-32") for y in ("3-19", "19-32")}
-    assert sorted(chunk_reads(vol)) == sorted(want)  # 6 of 12 chunks, each once
-    assert vol.kvstore.stats["read"] == 6
+    # 6 of 12 chunks; from each, one ranged read per channel of just the plane's bytes
+    # (a raw chunk stores x fastest, so one z-plane of one channel is contiguous).
+    assert sorted(chunk_reads(vol)) == sorted(list(want) * 2)
+    assert vol.kvstore.stats["read"] == 0
+    sizes = [b - a for op, _, a, b in vol.kvstore.request_log if op == "read_range"]
+    xs = {"-5-11": 16, "11-27": 16, "27-32": 5}
+    ys = {"3-19": 16, "19-32": 13}
+    assert sorted(sizes) == sorted(2 * xs[x] * ys[y] for x in xs for y in ys for _ in range(2))
 
 
 def test_missing_chunks_cost_no_extra_requests_on_remote_like_stores(
@@ -299,20 +309,26 @@ def test_missing_chunks_cost_no_extra_requests_on_remote_like_stores(
     vol.kvstore.request_log = []
     assert not vol[:, :, 0, :].read().any()
     reads = chunk_reads(vol)
-    # Each of the 6 chunks is looked up, plus (memory/file only) its CloudVolume ".gz" twin.
+    # Each of the 6 chunks is looked up once per channel (a ranged read of the plane),
+    # plus (memory/file only) one probe of its CloudVolume ".gz" twin; nothing else.
     assert len({k.removesuffix(".gz") for k in reads}) == 6
-    assert len(reads) <= 12
+    assert sum(k.endswith(".gz") for k in reads) == 6
+    assert len(reads) == 6 * 2 + 6
+    vol.kvstore.request_log = []
+    assert not vol[:, :, 0, :].read().any()  # absence is cached
+    assert chunk_reads(vol) == []
 
 
 def test_second_read_is_served_from_cache(filled: Any) -> None:
     kv, data = filled
     vol = reopen(kv)
-    a = vol[0:20, :, 0:3, :].read()
+    a = vol[0:20, :, -2:6, :].read()  # whole chunks in z: whole-chunk reads
     first = vol.kvstore.stats["read"]
     assert first == 4
-    b = vol[0:20, :, 0:3, :].read()
+    b = vol[0:20, :, -2:6, :].read()
     c = vol[1:2, 5, 1, 0].read()  # inside cached chunks
     assert vol.kvstore.stats["read"] == first  # zero new reads
+    assert vol.kvstore.stats["read_range"] == 0
     np.testing.assert_array_equal(a, b)
     assert c == data[6, 2, 3, 0]
     assert vol.context.cache.hits >= 5
@@ -525,3 +541,17 @@ def test_spec_of_view_with_dropped_dimensions_reopens_to_the_same_data(tmp_path)
     np.testing.assert_array_equal(again.read(), view.read())
     theirs = ts.open(view.spec()).result()
     np.testing.assert_array_equal(theirs.read().result(), view.read())
+
+
+def test_thin_reads_of_raw_chunks_are_cached_and_invalidated_by_writes(filled: Any) -> None:
+    kv, data = filled
+    vol = reopen(kv)
+    np.testing.assert_array_equal(vol[:, :, 1, :].read(), data[:, :, 3, :])
+    ranged = vol.kvstore.stats["read_range"]
+    assert ranged == 12 and vol.kvstore.stats["read"] == 0
+    vol[:, :, 1, :].read()  # the same plane again: served from the cache
+    assert vol.kvstore.stats["read_range"] == ranged
+    vol[0:3, 4:6, 1, 0] = 42  # a write drops the cached slabs of the chunk it touched
+    got = vol[:, :, 1, :].read()
+    assert (got[5:8, 1:3, 0] == 42).all()
+    np.testing.assert_array_equal(got[8:, :, :], data[8:, :, 3, :])
