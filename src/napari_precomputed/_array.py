@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from precomputed import Volume
+from precomputed._arraylike import ArrayLike
 
 __all__ = ["LevelArray", "LAYOUTS"]
 
@@ -34,7 +35,7 @@ LAYOUTS: dict[str, tuple[int, ...]] = {
 _Sel = tuple[int, int, int]  # start, stop, step in presented coordinates
 
 
-class LevelArray:
+class LevelArray(ArrayLike):
     """A lazy view of one scale in napari's axis order (see :data:`LAYOUTS`).
 
     ``origin`` is the absolute voxel coordinate (x, y, z) of presented index 0 and
@@ -76,18 +77,6 @@ class LevelArray:
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(_count(*self._sel[a]) for a in self._kept)
-
-    @property
-    def ndim(self) -> int:
-        return len(self._kept)
-
-    @property
-    def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
-
-    @property
-    def nbytes(self) -> int:
-        return self.size * self.dtype.itemsize
 
     @cached_property
     def chunks(self) -> tuple[tuple[int, ...], ...]:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._arraylike import ArrayLike
 from .errors import InvalidArgumentError
 
 if TYPE_CHECKING:
@@ -23,7 +24,7 @@ __all__ = ["ZyxArray"]
 _DIM = (3, 2, 1, 0)
 
 
-class ZyxArray:
+class ZyxArray(ArrayLike):
     """Lazy view; ``np.asarray`` reads. Steps are applied to the fetched region."""
 
     def __init__(
@@ -56,21 +57,6 @@ class ZyxArray:
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(_count(*self._sel[a]) for a in self._kept)
-
-    @property
-    def ndim(self) -> int:
-        return len(self._kept)
-
-    @property
-    def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
-
-    @property
-    def nbytes(self) -> int:
-        return self.size * self.dtype.itemsize
-
-    def __len__(self) -> int:
-        return self.shape[0]
 
     def __repr__(self) -> str:
         return f"<ZyxArray shape={self.shape} dtype={self.dtype} of {self._vol!r}>"

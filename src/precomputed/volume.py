@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._arraylike import ArrayLike
 from .codecs import ChunkEncoding, decode_chunk, encode_chunk
 from .errors import InvalidArgumentError, NotFoundError, OutOfRangeError
 from .grid import Box, ChunkGrid, Vec3
@@ -464,7 +465,7 @@ def _normalize_index(key: Any, ndim: int) -> list[Any]:
     return list(key) + [slice(None)] * (ndim - len(key))
 
 
-class Volume:
+class Volume(ArrayLike):
     """A lazy view of one scale: dimensions x, y, z, channel in absolute coordinates.
 
     ``vol[x0:x1, y0:y1, z, :]`` is a view (no I/O); ``view.read()`` or ``np.asarray(view)``
@@ -506,23 +507,6 @@ class Volume:
     @property
     def origin(self) -> tuple[int, ...]:
         return tuple(self._start[d] for d in self._kept)
-
-    @property
-    def ndim(self) -> int:
-        return len(self._kept)
-
-    @property
-    def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
-
-    @property
-    def nbytes(self) -> int:
-        return self.size * self.dtype.itemsize
-
-    def __len__(self) -> int:
-        if not self.ndim:
-            raise TypeError("len() of a 0-d view")
-        return self.shape[0]
 
     def __repr__(self) -> str:
         return (

@@ -1,0 +1,31 @@
+"""The numpy-like attributes every lazy array here derives from ``shape`` and ``dtype``."""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["ArrayLike"]
+
+
+class ArrayLike:
+    """Mixin: ``ndim``, ``size``, ``nbytes`` and ``len()`` from ``shape`` and ``dtype``."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.dtype.itemsize
+
+    def __len__(self) -> int:
+        if not self.shape:
+            raise TypeError("len() of a 0-d array")
+        return self.shape[0]
