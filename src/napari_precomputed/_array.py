@@ -22,6 +22,7 @@ import numpy as np
 
 from precomputed import Volume
 from precomputed._arraylike import ArrayLike
+from precomputed.lazy import compose_selection, selection_length
 
 __all__ = ["LevelArray", "LAYOUTS"]
 
@@ -76,7 +77,7 @@ class LevelArray(ArrayLike):
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(_count(*self._sel[a]) for a in self._kept)
+        return tuple(selection_length(*self._sel[a]) for a in self._kept)
 
     @cached_property
     def chunks(self) -> tuple[tuple[int, ...], ...]:
@@ -88,7 +89,7 @@ class LevelArray(ArrayLike):
         out = []
         for a in self._kept:
             s0, s1, st = self._sel[a]
-            n = _count(s0, s1, st)
+            n = selection_length(s0, s1, st)
             d = dims[a]
             if d == 3 or st != 1 or n == 0:
                 out.append((n,) if n else (0,))
@@ -114,40 +115,8 @@ class LevelArray(ArrayLike):
 
     # -- indexing (no I/O) -------------------------------------------------------------
     def __getitem__(self, key: Any) -> LevelArray:
-        if not isinstance(key, tuple):
-            key = (key,)
-        if sum(k is Ellipsis for k in key) > 1:
-            raise IndexError("an index can only have a single ellipsis ('...')")
-        if any(k is Ellipsis for k in key):
-            i = next(i for i, k in enumerate(key) if k is Ellipsis)
-            key = key[:i] + (slice(None),) * (self.ndim - len(key) + 1) + key[i + 1 :]
-        if len(key) > self.ndim:
-            raise IndexError(f"too many indices for array: {len(key)} > {self.ndim}")
-        key = key + (slice(None),) * (self.ndim - len(key))
-        sel = list(self._sel)
-        kept: list[int] = []
-        for a, k in zip(self._kept, key, strict=True):
-            s0, s1, st = sel[a]
-            n = _count(s0, s1, st)
-            if isinstance(k, slice):
-                a0, a1, ast = k.indices(n)
-                if ast <= 0:
-                    raise IndexError("negative steps are not supported on lazy views")
-                m = _count(a0, a1, ast)
-                p0 = s0 + a0 * st
-                sel[a] = (p0, p0 + (m - 1) * st * ast + 1 if m else p0, st * ast)
-                kept.append(a)
-            elif isinstance(k, (int, np.integer)):
-                i = int(k) + n if int(k) < 0 else int(k)
-                if not 0 <= i < n:
-                    raise IndexError(f"index {int(k)} is out of bounds for axis with size {n}")
-                p = s0 + i * st
-                sel[a] = (p, p + 1, 1)
-            else:
-                raise IndexError(f"only integers and slices are supported on lazy views, got {k!r}")
-        return LevelArray(
-            self._vol, self.layout, self.origin, self.extent, _sel=tuple(sel), _kept=tuple(kept)
-        )
+        sel, kept = compose_selection(self._sel, self._kept, key)
+        return LevelArray(self._vol, self.layout, self.origin, self.extent, _sel=sel, _kept=kept)
 
     # -- I/O ---------------------------------------------------------------------------
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
@@ -184,7 +153,3 @@ class LevelArray(ArrayLike):
         if 3 not in dims:
             index.append(0)
         return np.ascontiguousarray(buf[tuple(index)])
-
-
-def _count(start: int, stop: int, step: int) -> int:
-    return max(0, -(-(stop - start) // step))

@@ -56,45 +56,14 @@ class ZyxArray(ArrayLike):
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(_count(*self._sel[a]) for a in self._kept)
+        return tuple(selection_length(*self._sel[a]) for a in self._kept)
 
     def __repr__(self) -> str:
         return f"<ZyxArray shape={self.shape} dtype={self.dtype} of {self._vol!r}>"
 
     # -- indexing ---------------------------------------------------------------------
     def _resolve(self, key: Any) -> tuple[tuple[tuple[int, int, int], ...], tuple[int, ...]]:
-        if not isinstance(key, tuple):
-            key = (key,)
-        if any(k is Ellipsis for k in key):
-            i = next(i for i, k in enumerate(key) if k is Ellipsis)
-            key = key[:i] + (slice(None),) * (self.ndim - len(key) + 1) + key[i + 1 :]
-        if len(key) > self.ndim:
-            raise IndexError(f"too many indices for array: {len(key)} > {self.ndim}")
-        key = key + (slice(None),) * (self.ndim - len(key))
-        sel = list(self._sel)
-        kept: list[int] = []
-        for a, k in zip(self._kept, key, strict=True):
-            s0, s1, st = sel[a]
-            n = _count(s0, s1, st)
-            if isinstance(k, slice):
-                a0, a1, ast = k.indices(n)
-                if ast <= 0:
-                    raise IndexError("negative steps are not supported on lazy views")
-                m = _count(a0, a1, ast)
-                new0 = s0 + a0 * st
-                sel[a] = (new0, new0 + max(0, (m - 1)) * st * ast + (1 if m else 0), st * ast)
-                kept.append(a)
-            elif isinstance(k, (int, np.integer)):
-                i = int(k)
-                if i < 0:
-                    i += n
-                if not 0 <= i < n:
-                    raise IndexError(f"index {int(k)} is out of bounds for axis with size {n}")
-                p = s0 + i * st
-                sel[a] = (p, p + 1, 1)
-            else:
-                raise IndexError(f"only integers and slices are supported on lazy views, got {k!r}")
-        return tuple(sel), tuple(kept)
+        return compose_selection(self._sel, self._kept, key)
 
     def __getitem__(self, key: Any) -> ZyxArray:
         sel, kept = self._resolve(key)
@@ -137,7 +106,7 @@ class ZyxArray(ArrayLike):
 
     def _write(self, value: Any) -> None:
         arr = np.broadcast_to(np.asarray(value, dtype=self.dtype), self.shape)
-        full = arr.reshape([_count(*self._sel[a]) for a in range(4)])
+        full = arr.reshape([selection_length(*self._sel[a]) for a in range(4)])
         self._region().write(full.transpose(3, 2, 1, 0))
 
     def _write_strided(self, value: Any) -> None:
@@ -164,8 +133,55 @@ class ZyxArray(ArrayLike):
         sub._write(block)
 
 
-def _count(start: int, stop: int, step: int) -> int:
+def selection_length(start: int, stop: int, step: int) -> int:
     return max(0, -(-(stop - start) // step))
+
+
+Selection = tuple[tuple[int, int, int], ...]
+
+
+def compose_selection(
+    sel: Selection, kept: tuple[int, ...], key: Any
+) -> tuple[Selection, tuple[int, ...]]:
+    """Apply a basic numpy index to a lazy selection without I/O.
+
+    ``sel`` holds ``(start, stop, step)`` per underlying axis and ``kept`` the axes still
+    visible; integers drop an axis, slices (positive steps) compose, ``...`` expands.
+    Shared by every lazy view here so they all index exactly like numpy.
+    """
+    ndim = len(kept)
+    if not isinstance(key, tuple):
+        key = (key,)
+    if sum(k is Ellipsis for k in key) > 1:
+        raise IndexError("an index can only have a single ellipsis ('...')")
+    if any(k is Ellipsis for k in key):
+        i = next(i for i, k in enumerate(key) if k is Ellipsis)
+        key = key[:i] + (slice(None),) * (ndim - len(key) + 1) + key[i + 1 :]
+    if len(key) > ndim:
+        raise IndexError(f"too many indices for array: {len(key)} > {ndim}")
+    key = key + (slice(None),) * (ndim - len(key))
+    out = list(sel)
+    new_kept: list[int] = []
+    for a, k in zip(kept, key, strict=True):
+        s0, s1, st = out[a]
+        n = selection_length(s0, s1, st)
+        if isinstance(k, slice):
+            a0, a1, ast = k.indices(n)
+            if ast <= 0:
+                raise IndexError("negative steps are not supported on lazy views")
+            m = selection_length(a0, a1, ast)
+            p0 = s0 + a0 * st
+            out[a] = (p0, p0 + (m - 1) * st * ast + 1 if m else p0, st * ast)
+            new_kept.append(a)
+        elif isinstance(k, (int, np.integer)):
+            i = int(k) + n if int(k) < 0 else int(k)
+            if not 0 <= i < n:
+                raise IndexError(f"index {int(k)} is out of bounds for axis with size {n}")
+            p = s0 + i * st
+            out[a] = (p, p + 1, 1)
+        else:
+            raise IndexError(f"only integers and slices are supported on lazy views, got {k!r}")
+    return tuple(out), tuple(new_kept)
 
 
 def _is_basic(key: Any) -> bool:
