@@ -21,26 +21,7 @@ import tensorstore as ts
 
 import precomputed
 from precomputed import sharding as sh
-
-
-def sharding(
-    preshift: int,
-    minishard: int,
-    shard: int,
-    hash: str = "identity",
-    data: str = "raw",
-    index: str = "raw",
-) -> dict[str, Any]:
-    return {
-        "@type": "neuroglancer_uint64_sharded_v1",
-        "preshift_bits": preshift,
-        "hash": hash,
-        "minishard_bits": minishard,
-        "shard_bits": shard,
-        "minishard_index_encoding": index,
-        "data_encoding": data,
-    }
-
+from volumes import sharding_json as sharding
 
 # name: (dtype, channels, encoding, size, chunk, voxel_offset, sharding)
 CASES: dict[str, tuple[str, int, str, tuple, tuple, tuple, dict[str, Any]]] = {

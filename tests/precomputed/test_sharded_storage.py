@@ -21,29 +21,10 @@ from precomputed import sharding as sh
 from precomputed.errors import ConditionFailedError, CorruptDataError, NotFoundError
 from precomputed.kvstore import FileKvStore, KvStore, MemoryKvStore
 from precomputed.storage import ShardedChunkStore
+from volumes import sharding_json
 
 SHARD_DIR = "1_1_1/"
 SHARD0 = SHARD_DIR + "0.shard"
-
-
-def sharding_json(
-    preshift: int,
-    minishard: int,
-    shard: int,
-    *,
-    hash: str = "identity",
-    data: str = "raw",
-    index: str = "raw",
-) -> dict[str, Any]:
-    return {
-        "@type": "neuroglancer_uint64_sharded_v1",
-        "preshift_bits": preshift,
-        "hash": hash,
-        "minishard_bits": minishard,
-        "shard_bits": shard,
-        "minishard_index_encoding": index,
-        "data_encoding": data,
-    }
 
 
 def create(
