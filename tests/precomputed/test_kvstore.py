@@ -405,6 +405,7 @@ class TestHttpKvStore:
     def test_batch_reads_are_concurrent(self, store: HttpKvStore, http_server: RangeServer) -> None:
         http_server.latency = 0.02
         http_server.clear_log()
+        store.coalesce_gap = -1  # one request per range
         reqs = [("k", i * 20, i * 20 + 5) for i in range(40)]
         assert store.read_ranges(reqs) == [DATA[a:b] for _, a, b in reqs]
         assert len(http_server.requests) == 40
@@ -414,12 +415,32 @@ class TestHttpKvStore:
         assert store.read_many(["k", "missing", "d/e f"] * 5) == [DATA, None, b"spaced"] * 5
         assert http_server.max_in_flight > 1
 
+    def test_nearby_ranges_are_fetched_in_one_request(
+        self, store: HttpKvStore, http_server: RangeServer
+    ) -> None:
+        http_server.clear_log()
+        reqs = [("k", i * 20, i * 20 + 20) for i in reversed(range(39))] + [("d/e f", 0, 3)]
+        assert store.read_ranges(reqs) == [DATA[a:b] for _, a, b in reqs[:-1]] + [b"spa"]
+        assert sorted(r[2] for r in http_server.requests) == ["bytes=0-2", "bytes=0-779"]
+        assert store.stats["read_range"] == 2
+        http_server.clear_log()
+        store.coalesce_gap, store.coalesce_limit = 10, 80
+        reqs = [("k", 0, 20), ("k", 30, 50), ("k", 60, 80), ("k", 90, 110), ("k", 300, 320)]
+        assert store.read_ranges(reqs) == [DATA[a:b] for _, a, b in reqs]
+        # 0-80 merged up to the size limit; 300 is beyond the gap.
+        assert sorted(r[2] for r in http_server.requests) == [
+            "bytes=0-79",
+            "bytes=300-319",
+            "bytes=90-109",
+        ]
+
     def test_batch_reads_respect_store_concurrency(
         self, store: HttpKvStore, http_server: RangeServer
     ) -> None:
         http_server.latency = 0.01
         http_server.clear_log()
         store.concurrency = 3
+        store.coalesce_gap = -1  # one request per range
         store.read_ranges([("k", i, i + 1) for i in range(12)])
         assert 1 < http_server.max_in_flight <= 3
 
@@ -427,6 +448,7 @@ class TestHttpKvStore:
         http_server.latency = 0.005
         http_server.max_connections = 1
         http_server.clear_log()
+        store.coalesce_gap = -1  # one request per range
         assert store.read_ranges([("k", i, i + 1) for i in range(6)]) == [
             DATA[i : i + 1] for i in range(6)
         ]
@@ -449,7 +471,8 @@ class TestHttpKvStore:
         http_server.clear_log()
         store.stats.clear()
         store.read_many(["k", "d/e f", "missing"])
-        store.read_ranges([("k", 0, 1), ("k", 1, 2)])
+        store.read_ranges([("k", 0, 1), ("k", 1, 2), ("k", 700, 701)])
+        # The adjacent ranges travel as one request: stats count requests made.
         assert store.stats == {"read": 3, "read_range": 2}
         assert len(http_server.requests) == 5
 
@@ -599,3 +622,40 @@ def test_gcs_is_anonymous_without_credentials(monkeypatch: Any, tmp_path: Any) -
     from precomputed.kvstore.open import _have_google_credentials
 
     assert _have_google_credentials()
+
+
+def test_coalesce_ranges_merges_only_nearby_ranges_of_one_key() -> None:
+    from precomputed.kvstore.base import coalesce_ranges
+
+    reqs = [
+        ("a", 100, 200),  # 0
+        ("a", 0, 100),  # 1: touches 0
+        ("b", 0, 10),  # 2: other key
+        ("a", 150, 160),  # 3: inside 0
+        ("a", 210, 230),  # 4: gap 10 <= its size 20
+        ("a", 240, 245),  # 5: gap 10 > its size 5: not merged
+        ("a", -10, None),  # 6: suffix read: passed through
+        ("a", 300, None),  # 7: open-ended: passed through
+    ]
+    merged, parts = coalesce_ranges(reqs, gap=64, limit=1 << 20)
+    got = {m: sorted(members) for m, (_, members) in zip(merged, parts, strict=True)}
+    assert got == {
+        ("a", 0, 230): [0, 1, 3, 4],
+        ("a", 240, 245): [5],
+        ("b", 0, 10): [2],
+        ("a", -10, None): [6],
+        ("a", 300, None): [7],
+    }
+    merged, _ = coalesce_ranges(reqs, gap=-1, limit=1 << 20)
+    assert ("a", 0, 100) in merged and ("a", 100, 200) in merged  # -1: never merge
+    merged, _ = coalesce_ranges(reqs, gap=64, limit=150)
+    assert ("a", 0, 100) in merged and ("a", 100, 230) in merged  # split at the limit
+
+
+def test_file_store_read_ranges_match_slices(tmp_path: Any) -> None:
+    store = FileKvStore(tmp_path)
+    blob = bytes(range(256)) * 40
+    store.write("x/y", blob)
+    reqs = [("x/y", a, b) for a, b in [(0, 10), (5, 20), (9000, 20000), (100, 100), (-5, None)]]
+    reqs += [("x/missing", 0, 4), ("x", 0, 4)]  # a directory is not a key
+    assert store.read_ranges(reqs) == [blob[0:10], blob[5:20], blob[9000:], b"", blob[-5:], None, None]

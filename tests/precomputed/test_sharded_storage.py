@@ -182,7 +182,8 @@ def test_reading_several_minishards_of_a_shard_fetches_its_index_once(
     vol[0:4, 0:4, 4:8, :].read()  # minishard 1 of shard 0
     ops = [(op, a, b) for op, _, a, b in shard_requests(memory_store)]
     assert ops[0] == ("read_range", 0, 16)  # one index entry
-    assert len(ops) == 1 + 1 + 4 + 3  # entry, minishard 0, 4 chunks; entry, minishard 1, chunk
+    # entry, minishard 0, its 4 adjacent chunks in one request; entry, minishard 1, chunk
+    assert len(ops) == 1 + 1 + 1 + 3
 
 
 @pytest.mark.parametrize("span", [64 * 1024, 16])
@@ -191,6 +192,7 @@ def test_index_entries_of_several_minishards_come_in_one_span_or_one_each(
 ) -> None:
     create(memory_store, SIZE, CHUNK, RECT)[...] = random_data((*SIZE, 1))
     monkeypatch.setattr(ShardedChunkStore, "INDEX_SPAN_BYTES", span)
+    memory_store.coalesce_gap = -1  # the store would merge the adjacent entries anyway
     vol = reopen(memory_store)
     memory_store.request_log = []
     vol[0:4, 0:4, 0:8, :].read()  # chunks (0,0,0) and (0,0,1): minishards 0 and 1
@@ -220,13 +222,11 @@ def test_many_chunks_are_fetched_concurrently_over_http(tmp_path: Any, http_serv
     http_server.root = tmp_path
     http_server.latency = 0.05
     vol = precomputed.open(http_server.url + "/", context=precomputed.Context(cache_bytes=0))
-    start = time.monotonic()
+    vol.kvstore.coalesce_gap = -1  # one request per chunk (no merging of adjacent ranges)
     np.testing.assert_array_equal(vol.read(), data)
-    elapsed = time.monotonic() - start
     chunk_reads = [r for r in http_server.requests if r[1].endswith(".shard")]
     assert len(chunk_reads) >= 64
-    assert http_server.max_in_flight >= 4
-    assert elapsed < 0.05 * len(chunk_reads) / 2  # far from one request at a time
+    assert http_server.max_in_flight >= 4  # requests overlapped
 
 
 class TestMissing:

@@ -24,6 +24,45 @@ NO_VALUE: Generation = ""
 RangeRequest = tuple[str, int, int | None]
 
 
+def coalesce_ranges(
+    requests: Sequence[RangeRequest], gap: int, limit: int
+) -> tuple[list[RangeRequest], list[tuple[int | None, list[int]]]]:
+    """Merge nearby ranges of the same key.
+
+    Returns the requests to make and, for each, ``(start, members)``: the indices of the
+    original requests it answers and the offset its bytes start at (``None`` for a request
+    passed through unchanged: open-ended and suffix ranges are never merged).
+    """
+    merged: list[RangeRequest] = []
+    parts: list[tuple[int | None, list[int]]] = []
+    by_key: dict[str, list[int]] = {}
+    for i, (k, a, b) in enumerate(requests):
+        if b is None or a < 0 or b < a:
+            merged.append((k, a, b))
+            parts.append((None, [i]))
+        else:
+            by_key.setdefault(k, []).append(i)
+    for k, idx in by_key.items():
+        idx.sort(key=lambda i: requests[i][1])
+        run: list[int] = []
+        lo = hi = 0
+        for i in idx:
+            _, a, b = requests[i]
+            # Merge when the bytes skipped are few: at most `gap` and at most the size of the
+            # range joining, so a merged read never fetches more waste than data.
+            if run and gap >= 0 and a - hi <= min(gap, b - a) and max(hi, b) - lo <= limit:
+                run.append(i)
+                hi = max(hi, b)  # type: ignore[type-var]
+                continue
+            if run:
+                merged.append((k, lo, hi))
+                parts.append((lo, run))
+            run, lo, hi = [i], a, b  # type: ignore[assignment]
+        merged.append((k, lo, hi))
+        parts.append((lo, run))
+    return merged, parts
+
+
 class KvStore(ABC):
     """Abstract byte store. Subclasses implement the underscore methods.
 
@@ -38,6 +77,12 @@ class KvStore(ABC):
     supports_conditional_writes: bool = False
     #: How many requests may be in flight at once for the batch calls.
     concurrency: int = 32
+    #: :meth:`read_ranges` merges ranges of one key whose gap is at most this many bytes
+    #: and at most the joining range's size into one request (reading a small gap is
+    #: cheaper than another request; -1: never merge)...
+    coalesce_gap: int = 64 * 1024
+    #: ...as long as the merged request stays at most this large.
+    coalesce_limit: int = 16 * 1024 * 1024
 
     def __init__(self) -> None:
         self.stats: Counter[str] = Counter()
@@ -77,10 +122,24 @@ class KvStore(ABC):
         return self._read_many(list(keys))
 
     def read_ranges(self, requests: Sequence[RangeRequest]) -> list[bytes | None]:
-        """Byte ranges, fetched concurrently, in the order given."""
-        for k, a, b in requests:
+        """Byte ranges, fetched concurrently, in the order given.
+
+        Nearby ranges of one key are fetched as one request (see :attr:`coalesce_gap`);
+        :attr:`stats` and :attr:`request_log` record the requests actually made.
+        """
+        merged, parts = coalesce_ranges(requests, self.coalesce_gap, self.coalesce_limit)
+        for k, a, b in merged:
             self._record("read_range", k, a, b)
-        return self._read_ranges(list(requests))
+        blobs = self._read_ranges(merged)
+        out: list[bytes | None] = [None] * len(requests)
+        for blob, (start, members) in zip(blobs, parts, strict=True):
+            if len(members) == 1 and start is None:
+                out[members[0]] = blob
+                continue
+            for i in members:
+                _, a, b = requests[i]
+                out[i] = None if blob is None else blob[a - start : b - start]  # type: ignore[operator]
+        return out
 
     def read_with_generation(self, key: str) -> tuple[bytes | None, Generation]:
         """Whole object and its generation (``NO_VALUE`` when missing)."""
