@@ -50,6 +50,10 @@ class ChunkCache:
         with self._lock:
             return int(self._lru.currsize)
 
+    def keeps(self, nbytes: int) -> bool:
+        """Whether :meth:`put` would keep an array of ``nbytes``."""
+        return 0 < nbytes <= self.total_bytes_limit
+
     def get(self, key: Hashable) -> np.ndarray | None:
         if self.total_bytes_limit <= 0:
             return None

@@ -33,12 +33,33 @@ __all__ = ["Volume", "ScaleHandle", "IndexDomain", "ChunkLayout"]
 LABELS = ("x", "y", "z", "channel")
 #: Cache marker for a chunk known to be absent from storage.
 _MISSING = np.zeros(0, np.uint8)
+#: Per-thread scratch buffer for chunks read and consumed without being kept.
+_scratch = threading.local()
 #: Chunks fetched per batch on large reads: bounds encoded bytes held at once.
 READ_BATCH = 256
 #: Striped locks serialising the read-modify-write of one write group (chunk or shard)
 #: within the process: concurrent partial writes to one chunk must not lose updates.
 #: Re-entrant, so a write made from inside another (a callback) cannot deadlock.
 _GROUP_LOCKS = [threading.RLock() for _ in range(64)]
+
+
+def copy_rows(dst: np.ndarray, src: np.ndarray) -> None:
+    """``dst[...] = src``, moving each innermost row as one opaque item when both rows are
+    contiguous: numpy's per-row overhead otherwise dominates for chunk-sized rows (a 64-byte
+    row copies about 1.7x faster this way)."""
+    n = src.shape[-1] if src.ndim else 0
+    if (
+        n > 1
+        and dst.shape == src.shape
+        and dst.dtype == src.dtype
+        and src.strides[-1] == src.itemsize
+        and dst.strides[-1] == dst.itemsize
+        and src.size
+    ):
+        width = f"V{n * src.itemsize}"
+        dst.view(width)[...] = src.view(width)
+        return
+    dst[...] = src
 
 
 @dataclass(frozen=True)
@@ -160,11 +181,14 @@ class ScaleHandle:
         txn: Transaction | None,
         consume: Callable[[Vec3, np.ndarray | None], None],
         fill_missing: bool | None = None,
+        transient: bool = False,
     ) -> None:
         """Deliver each chunk (decoded czyx, or None when missing) to ``consume``.
 
         A missing chunk raises NOT_FOUND unless ``fill_missing`` (default: the
-        ``fill_missing_data_reads`` option) is true.
+        ``fill_missing_data_reads`` option) is true. ``transient=True`` promises that
+        ``consume`` copies what it needs and keeps no reference, so a chunk the cache will
+        not keep may be read into a reused buffer.
 
         Order: the transaction's dirty chunks, then the cache, then the store, fetched
         concurrently in batches and decoded on the context's thread pool; ``consume`` runs
@@ -190,7 +214,11 @@ class ScaleHandle:
         if self._local and isinstance(self.store, UnshardedChunkStore) and len(todo) > 1:
             # Local files answer at once: read each chunk in the worker that decodes and
             # places it, so I/O, decoding and copying overlap with no batch barrier.
+            direct = transient and self.encoding.encoding == "raw"
+
             def local(pos: Vec3) -> None:
+                if direct and self._read_raw_into_scratch(pos, consume):
+                    return
                 epoch = cache.epoch
                 blob = self.store.read_chunks([pos])[0]
                 if blob is None:
@@ -231,6 +259,26 @@ class ScaleHandle:
             else:
                 for f in [pool.submit(work, it) for it in items]:
                     f.result()
+
+    def _read_raw_into_scratch(
+        self, pos: Vec3, consume: Callable[[Vec3, np.ndarray | None], None]
+    ) -> bool:
+        """Read a raw chunk the cache would not keep straight into this thread's reusable
+        buffer: no fresh allocation, whose page faults cost more than the copy itself.
+        False when not applicable (cached sizes, other file sizes, missing chunks): the
+        caller then takes the ordinary path."""
+        shape = self.chunk_shape(pos)
+        nbytes = int(np.prod(shape)) * self.dtype.itemsize
+        if self.context.cache.keeps(nbytes):
+            return False
+        buf = getattr(_scratch, "buf", None)
+        if buf is None or len(buf) < nbytes:
+            buf = _scratch.buf = np.empty(max(nbytes, 1 << 18), np.uint8)
+        view = buf[:nbytes]
+        if self.kvstore.read_into(self.store.key(pos), view) is not True:  # type: ignore[attr-defined]
+            return False
+        consume(pos, view.view(self.dtype.newbyteorder("<")).reshape(shape))
+        return True
 
     def _read_batches(self, todo: list[Vec3]) -> Iterator[list[Vec3]]:
         """Batches of about READ_BATCH chunks. With rectangular shards the chunks are
@@ -273,13 +321,14 @@ class ScaleHandle:
                 slice(a - s, b - s)
                 for a, b, s in zip(inter.start, inter.stop, box.start, strict=True)
             )
-            out[(slice(None), dst[2], dst[1], dst[0])] = chunk[
-                (slice(c0, c1), src[2], src[1], src[0])
-            ]
+            copy_rows(
+                out[(slice(None), dst[2], dst[1], dst[0])],
+                chunk[(slice(c0, c1), src[2], src[1], src[0])],
+            )
 
         if self._slab_reads:
             cells = self._read_slabs(cells, box, channels, txn, out)
-        self.fetch(cells, txn, place)
+        self.fetch(cells, txn, place, transient=True)
         return out
 
     @property
@@ -374,7 +423,7 @@ class ScaleHandle:
             dy = slice(inter.start[1] - box.start[1], inter.stop[1] - box.start[1])
             dx = slice(inter.start[0] - box.start[0], inter.stop[0] - box.start[0])
             for c, slab in enumerate(parts):
-                out[c, dz, dy, dx] = slab[:, sy, sx]
+                copy_rows(out[c, dz, dy, dx], slab[:, sy, sx])
         if missing:
             whole.extend(self._confirm_missing(missing, txn, epoch))
         return whole

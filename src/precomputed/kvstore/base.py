@@ -141,6 +141,19 @@ class KvStore(ABC):
                 out[i] = None if blob is None else blob[a - start : b - start]  # type: ignore[operator]
         return out
 
+    def read_into(self, key: str, buffer: Any) -> bool | None:
+        """Fill the writable ``buffer`` with the whole object if its size is exactly
+        ``len(buffer)`` bytes: True. None when the key is missing; False when the sizes
+        differ or the store cannot read in place (then nothing is counted: use :meth:`read`).
+        """
+        got = self._read_into(key, buffer)
+        if got is not False:
+            self._record("read", key)
+        return got
+
+    def _read_into(self, key: str, buffer: Any) -> bool | None:
+        return False
+
     def read_with_generation(self, key: str) -> tuple[bytes | None, Generation]:
         """Whole object and its generation (``NO_VALUE`` when missing)."""
         self._record("read", key)

@@ -130,6 +130,27 @@ class FileKvStore(KvStore):
         finally:
             os.close(fd)
 
+    def _read_into(self, key: str, buffer: Any) -> bool | None:
+        try:
+            fd = os.open(self._path(key), os.O_RDONLY | _O_CLOEXEC | _O_BINARY)
+        except _MISSING:
+            return None
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                return None
+            view = memoryview(buffer).cast("B")
+            if st.st_size != view.nbytes or not hasattr(os, "readv"):
+                return False
+            while view:
+                n = os.readv(fd, [view])
+                if n == 0:
+                    return False  # truncated meanwhile
+                view = view[n:]
+            return True
+        finally:
+            os.close(fd)
+
     def _read_ranges(self, requests: list[tuple[str, int, int | None]]) -> list[bytes | None]:
         by_key: dict[str, list[int]] = {}
         for i, (k, _, _) in enumerate(requests):
