@@ -78,8 +78,18 @@ class ChunkStore(ABC):
         """Human-readable location of a chunk, for error messages."""
 
     @abstractmethod
-    def read_chunks(self, positions: Sequence[Vec3]) -> list[bytes | None]:
-        """Encoded bytes of each chunk (``None`` if missing), fetched concurrently."""
+    def read_chunks(
+        self, positions: Sequence[Vec3], *, deferred: bool = False
+    ) -> list[bytes | None]:
+        """Encoded bytes of each chunk (``None`` if missing), fetched concurrently.
+
+        With ``deferred`` a store may return bytes that still need :meth:`finish` (e.g.
+        gzip shard data), so callers can spread that work over their decode threads.
+        """
+
+    def finish(self, pos: Vec3, blob: bytes) -> bytes:
+        """Complete a ``read_chunks(..., deferred=True)`` result (identity by default)."""
+        return blob
 
     @abstractmethod
     def group_of(self, pos: Vec3) -> Hashable:
@@ -119,7 +129,9 @@ class UnshardedChunkStore(ChunkStore):
     def describe(self, pos: Vec3) -> str:
         return self.key(pos)
 
-    def read_chunks(self, positions: Sequence[Vec3]) -> list[bytes | None]:
+    def read_chunks(
+        self, positions: Sequence[Vec3], *, deferred: bool = False
+    ) -> list[bytes | None]:
         keys = [self.key(p) for p in positions]
         out = self.kvstore.read_many(keys)
         if self._try_gz_suffix:
@@ -263,7 +275,9 @@ class ShardedChunkStore(ChunkStore):
                     del cache[k]
 
     # -- reading --------------------------------------------------------------------------
-    def read_chunks(self, positions: Sequence[Vec3]) -> list[bytes | None]:
+    def read_chunks(
+        self, positions: Sequence[Vec3], *, deferred: bool = False
+    ) -> list[bytes | None]:
         if not len(positions):
             return []
         ids, shards, minis = self.placement(positions)
@@ -271,10 +285,25 @@ class ShardedChunkStore(ChunkStore):
         whole = self._whole_shards(shards)
         rest = [i for i in range(len(positions)) if int(shards[i]) not in whole]
         if whole:
-            self._read_whole_shards(whole, ids, shards, out)
+            self._read_whole_shards(whole, ids, shards, out, deferred)
         if rest:
-            self._read_via_indices(rest, ids, shards, minis, out)
+            self._read_via_indices(rest, ids, shards, minis, out, deferred)
         return out
+
+    def finish(self, pos: Vec3, blob: bytes) -> bytes:
+        """Remove the shard data encoding from a deferred read."""
+        if self.spec.data_encoding == "raw":
+            return bytes(blob)
+        try:
+            return sh.decode_chunk_data(blob, self.spec, "")
+        except CorruptDataError:
+            ids, shards, minis = self.placement([pos])
+            what = (
+                f'chunk {int(ids[0])} in minishard {int(minis[0])} of '
+                f'"{self.shard_key(int(shards[0]))}"'
+            )
+            sh.decode_chunk_data(blob, self.spec, what)  # raises again, naming the chunk
+            raise  # pragma: no cover
 
     def _whole_shards(self, shards: np.ndarray) -> set[int]:
         """Shards whose every chunk is requested: read each in a single request."""
@@ -288,7 +317,12 @@ class ShardedChunkStore(ChunkStore):
         }
 
     def _read_whole_shards(
-        self, whole: set[int], ids: np.ndarray, shards: np.ndarray, out: list[bytes | None]
+        self,
+        whole: set[int],
+        ids: np.ndarray,
+        shards: np.ndarray,
+        out: list[bytes | None],
+        deferred: bool = False,
     ) -> None:
         order = sorted(whole)
         blobs = self.kvstore.read_many([self.shard_key(s) for s in order])
@@ -299,7 +333,9 @@ class ShardedChunkStore(ChunkStore):
                 contents[s] = (
                     {}
                     if blob is None
-                    else sh.split_shard(blob, self.spec, key, allow_duplicates=True)
+                    else sh.split_shard(
+                        blob, self.spec, key, allow_duplicates=True, decode=not deferred
+                    )
                 )
             except CorruptDataError as e:
                 wanted = [int(i) for i, t in zip(ids, shards, strict=True) if int(t) == s]
@@ -318,6 +354,7 @@ class ShardedChunkStore(ChunkStore):
         shards: np.ndarray,
         minis: np.ndarray,
         out: list[bytes | None],
+        deferred: bool = False,
     ) -> None:
         # (shard, minishard) -> a requested chunk id in it, to name in error messages.
         wanted: dict[tuple[int, int], int] = {}
@@ -349,7 +386,7 @@ class ShardedChunkStore(ChunkStore):
                     f"Error reading {what}: Requested byte range [{a}, {b}) is not valid for "
                     f"value of size {_size_seen(a, blob)}"
                 )
-            out[i] = sh.decode_chunk_data(blob, self.spec, what)
+            out[i] = blob if deferred else sh.decode_chunk_data(blob, self.spec, what)
 
     def _size(self, key: str) -> int | str:
         """Size of a small (truncated) stored shard, for error messages."""

@@ -236,7 +236,8 @@ class ScaleHandle:
             return
         for batch in self._read_batches(todo):
             epoch = cache.epoch  # before reading: see ChunkCache.put
-            blobs = self.store.read_chunks(batch)
+            # Shard data encoding (gzip) is removed in the workers, in parallel.
+            blobs = self.store.read_chunks(batch, deferred=True)
 
             def work(item: tuple[Vec3, bytes | None], epoch: int = epoch) -> None:
                 pos, blob = item
@@ -248,7 +249,7 @@ class ScaleHandle:
                         raise self.missing(pos)
                     consume(pos, None)
                     return
-                chunk = self.decode(pos, blob)
+                chunk = self.decode(pos, self.store.finish(pos, blob))
                 cache.put((self.cache_id, pos), chunk, epoch)
                 consume(pos, chunk)
 

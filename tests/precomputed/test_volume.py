@@ -510,8 +510,8 @@ def test_a_read_racing_a_write_does_not_cache_the_old_chunk(
     store = vol._h.store
     original = store.read_chunks
 
-    def read_then_concurrent_write(positions: Any) -> Any:
-        blobs = original(positions)  # the old bytes are in flight ...
+    def read_then_concurrent_write(positions: Any, **kw: Any) -> Any:
+        blobs = original(positions, **kw)  # the old bytes are in flight ...
         monkeypatch.setattr(store, "read_chunks", original)
         vol[-5:11, 3:19, -2:6, :] = 0  # ... when a write replaces the chunk
         return blobs
