@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 import mmh3
 import numpy as np
 
+from ._deflate import gzip_compress, gzip_inflate
 from .errors import CorruptDataError, InvalidArgumentError
 
 __all__ = [
@@ -292,18 +292,13 @@ def shard_filename(shard: int, spec: ShardingSpec) -> str:
 
 def _gzip_compress(data: bytes) -> bytes:
     """gzip with TensorStore's parameters (level 9, mtime 0, OS 3)."""
-    return zlib.compress(data, 9, wbits=31)
+    return gzip_compress(data)
 
 
 def _gzip_decompress(data: bytes) -> bytes:
     """Decode exactly one gzip member; ``ValueError`` on anything else."""
-    try:
-        d = zlib.decompressobj(wbits=31)
-        out = d.decompress(data)
-        out += d.flush()
-    except zlib.error as e:
-        raise ValueError("Error decoding zlib-compressed data") from e
-    if not d.eof or d.unused_data:
+    out, why = gzip_inflate(data)
+    if why is not None:
         raise ValueError("Error decoding zlib-compressed data")
     return out
 
