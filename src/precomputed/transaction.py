@@ -180,7 +180,12 @@ def commit_chunks(
     def run(item: tuple[Hashable, list[Vec3]]) -> None:
         nonlocal finished
         group, members = item
-        updates = {p: handle.encode(p, chunks[p]) for p in members}
+        if len(members) > 1:
+            # Encode on the context's threads (codecs release the GIL), in member order.
+            encoded = handle.context.executor.map(lambda p: handle.encode(p, chunks[p]), members)
+            updates = dict(zip(members, encoded, strict=True))
+        else:
+            updates = {p: handle.encode(p, chunks[p]) for p in members}
         stats = store.commit_group(group, updates)
         handle.invalidate_chunks(members)
         if on_group_done is not None:

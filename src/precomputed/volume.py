@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Hashable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +23,7 @@ from .codecs import ChunkEncoding, decode_chunk, encode_chunk
 from .errors import InvalidArgumentError, NotFoundError, OutOfRangeError
 from .grid import Box, ChunkGrid, Vec3
 from .storage import ChunkStore, CommitStats, UnshardedChunkStore
-from .transaction import Transaction, commit_chunks
+from .transaction import GROUP_CONCURRENCY, Transaction, commit_chunks
 
 if TYPE_CHECKING:
     from .cache import Context
@@ -511,13 +512,34 @@ class ScaleHandle:
                 for pos, chunk in build(members).items():
                     txn.put(self, pos, chunk)
             return None
-        total = CommitStats()
-        for i, (group, members) in enumerate(groups.items()):
-            # One group at a time, so holding its lock cannot deadlock.
+        def commit(members: list[Vec3], group: Hashable) -> CommitStats:
+            # A worker holds one group lock at a time, so workers cannot deadlock.
             with _GROUP_LOCKS[hash((self.cache_id, group)) % len(_GROUP_LOCKS)]:
-                total.add(commit_chunks(self, build(members)))
+                return commit_chunks(self, build(members))
+
+        total = CommitStats()
+        items = list(groups.items())
+        if len(items) == 1:
+            total.add(commit(items[0][1], items[0][0]))
             if progress is not None:
-                progress(i + 1, len(groups))
+                progress(1, 1)
+            return total
+        # A few groups (chunks or shards) at once, so building, encoding and storing overlap
+        # while memory stays near GROUP_CONCURRENCY groups. Progress is reported on the
+        # caller's thread (a GUI's progress bar may only be touched there).
+        with ThreadPoolExecutor(
+            min(GROUP_CONCURRENCY, len(items)), thread_name_prefix="precomputed-write"
+        ) as pool:
+            futures = [pool.submit(commit, members, group) for group, members in items]
+            try:
+                for i, f in enumerate(as_completed(futures)):
+                    total.add(f.result())
+                    if progress is not None:
+                        progress(i + 1, len(items))
+            except BaseException:
+                for f in futures:
+                    f.cancel()  # groups not started yet are not written
+                raise
         return total
 
 

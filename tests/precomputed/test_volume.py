@@ -555,3 +555,58 @@ def test_thin_reads_of_raw_chunks_are_cached_and_invalidated_by_writes(filled: A
     got = vol[:, :, 1, :].read()
     assert (got[5:8, 1:3, 0] == 42).all()
     np.testing.assert_array_equal(got[8:, :, :], data[8:, :, 3, :])
+
+
+def test_implicit_writes_commit_a_few_chunks_at_a_time_reporting_on_the_caller_thread(
+    memory_store: MemoryKvStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from precomputed import transaction
+    from precomputed.storage import UnshardedChunkStore
+
+    vol = precomputed.open(spec(memory_store), create=True, context=Context())
+    active = most = 0
+    lock = threading.Lock()
+    original = UnshardedChunkStore.commit_group
+
+    def commit_group(self: Any, group: Any, updates: Any) -> Any:
+        nonlocal active, most
+        with lock:
+            active += 1
+            most = max(most, active)
+        threading.Event().wait(0.01)  # hold the commit open so overlaps are observable
+        try:
+            return original(self, group, updates)
+        finally:
+            with lock:
+                active -= 1
+
+    monkeypatch.setattr(UnshardedChunkStore, "commit_group", commit_group)
+    seen: list[tuple[int, int, str]] = []
+    data = data_for(2)
+    vol.write(data, progress=lambda i, n: seen.append((i, n, threading.current_thread().name)))
+    np.testing.assert_array_equal(reopen(memory_store).read(), data)
+    assert 1 < most <= transaction.GROUP_CONCURRENCY
+    assert [(i, n) for i, n, _ in seen] == [(i, NCHUNKS) for i in range(1, NCHUNKS + 1)]
+    assert {name for *_, name in seen} == {threading.current_thread().name}
+
+
+def test_a_failing_chunk_commit_raises_and_later_chunks_are_not_started(
+    memory_store: MemoryKvStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from precomputed.storage import UnshardedChunkStore
+
+    vol = precomputed.open(spec(memory_store), create=True, context=Context())
+    started: list[Any] = []
+    original = UnshardedChunkStore.commit_group
+
+    def commit_group(self: Any, group: Any, updates: Any) -> Any:
+        started.append(group)
+        if len(started) == 1:
+            raise OSError("disk full")
+        threading.Event().wait(0.05)
+        return original(self, group, updates)
+
+    monkeypatch.setattr(UnshardedChunkStore, "commit_group", commit_group)
+    with pytest.raises(OSError, match="disk full"):
+        vol[...] = 1
+    assert len(started) < NCHUNKS  # the queued rest was cancelled
