@@ -305,10 +305,17 @@ class ScaleHandle:
         """Read an absolute x,y,z box and channel range as a C-order czyx array."""
         c0, c1 = channels
         shape = (c1 - c0, *reversed(box.shape))
-        out = np.zeros(shape, self.dtype)
-        if out.size == 0:
-            return out
+        if 0 in shape:
+            return np.zeros(shape, self.dtype)
         cells = list(self.grid.cells(box))
+        if (
+            len(cells) == 1
+            and box == self.grid.chunk_box(cells[0])
+            and (c0, c1) == (0, self.num_channels)
+            and (txn is None or txn.get(self, cells[0]) is None)
+        ):
+            return self._read_one_chunk(cells[0], txn)
+        out = np.zeros(shape, self.dtype)
 
         def place(pos: Vec3, chunk: np.ndarray | None) -> None:
             if chunk is None:
@@ -332,6 +339,19 @@ class ScaleHandle:
             cells = self._read_slabs(cells, box, channels, txn, out)
         self.fetch(cells, txn, place, transient=True)
         return out
+
+    def _read_one_chunk(self, pos: Vec3, txn: Transaction | None) -> np.ndarray:
+        """A read of exactly one whole chunk: hand over the freshly decoded array itself
+        when nobody else holds it (not cached, not a zero-copy view of stored bytes), which
+        saves allocating and filling a second chunk-sized array."""
+        got: list[np.ndarray | None] = []
+        self.fetch([pos], txn, lambda _, chunk: got.append(chunk))
+        chunk = got[0]
+        if chunk is None:
+            return np.zeros(self.chunk_shape(pos), self.dtype)
+        if chunk.flags.writeable and chunk.flags.c_contiguous and chunk.dtype == self.dtype:
+            return chunk  # cached arrays are read-only, so this one is ours alone
+        return np.array(chunk, dtype=self.dtype, order="C")
 
     @property
     def _local(self) -> bool:

@@ -610,3 +610,32 @@ def test_a_failing_chunk_commit_raises_and_later_chunks_are_not_started(
     with pytest.raises(OSError, match="disk full"):
         vol[...] = 1
     assert len(started) < NCHUNKS  # the queued rest was cancelled
+
+
+@pytest.mark.parametrize("cache_bytes", [0, 1 << 20])
+def test_reading_exactly_one_chunk_returns_an_array_of_its_own(
+    memory_store: MemoryKvStore, cache_bytes: int
+) -> None:
+    vol = precomputed.open(
+        spec(memory_store, encoding="compressed_segmentation", channels=1)
+        | {"multiscale_metadata": {"type": "segmentation", "data_type": "uint32", "num_channels": 1}},
+        create=True,
+        context=Context(),
+    )
+    data = (np.arange(int(np.prod(SIZE)), dtype=np.uint32) % 7).reshape((*SIZE, 1), order="F")
+    vol[...] = data
+    vol = reopen(memory_store, context=Context(cache_bytes=cache_bytes))
+    one = (slice(-5, 11), slice(3, 19), slice(-2, 6), slice(None))  # chunk (0, 0, 0) exactly
+    a = vol[one].read()
+    np.testing.assert_array_equal(a, data[0:16, 0:16, 0:8])
+    assert a.flags.writeable and a.flags.f_contiguous
+    a[...] = 99  # the caller's own array: the cache and later reads are unaffected
+    np.testing.assert_array_equal(vol[one].read(), data[0:16, 0:16, 0:8])
+    vol[one] = 0  # an all-zero chunk is deleted: reads as zeros
+    assert not vol[one].read().any()
+    with vol.transaction():  # a chunk buffered in a transaction is copied out
+        vol[one] = 5
+        b = vol[one].read()
+        b[...] = 6
+        assert (vol[one].read() == 5).all()
+    assert (vol[one].read() == 5).all()
