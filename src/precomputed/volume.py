@@ -344,11 +344,22 @@ class ScaleHandle:
         """A read of exactly one whole chunk: hand over the freshly decoded array itself
         when nobody else holds it (not cached, not a zero-copy view of stored bytes), which
         saves allocating and filling a second chunk-sized array."""
+        shape = self.chunk_shape(pos)
+        if (
+            self.encoding.encoding == "raw"
+            and isinstance(self.store, UnshardedChunkStore)
+            and self.dtype == self.dtype.newbyteorder("<")  # stored little-endian
+            and not self.context.cache.keeps(int(np.prod(shape)) * self.dtype.itemsize)
+        ):
+            # Read the file straight into the array we return: one allocation, one copy.
+            arr = np.empty(shape, self.dtype)
+            if self.kvstore.read_into(self.store.key(pos), arr) is True:
+                return arr
         got: list[np.ndarray | None] = []
         self.fetch([pos], txn, lambda _, chunk: got.append(chunk))
         chunk = got[0]
         if chunk is None:
-            return np.zeros(self.chunk_shape(pos), self.dtype)
+            return np.zeros(shape, self.dtype)
         if chunk.flags.writeable and chunk.flags.c_contiguous and chunk.dtype == self.dtype:
             return chunk  # cached arrays are read-only, so this one is ours alone
         return np.array(chunk, dtype=self.dtype, order="C")

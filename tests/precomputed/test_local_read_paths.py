@@ -150,3 +150,20 @@ def test_copy_rows_converts_dtypes_like_assignment() -> None:
     np.testing.assert_array_equal(dst, np.arange(24).reshape(2, 3, 4))
     empty = np.zeros((0, 3, 4), np.uint8)
     copy_rows(empty, np.zeros((0, 3, 4), np.uint8))
+
+
+def test_one_whole_chunk_is_read_straight_into_the_returned_array(tmp_path: Path) -> None:
+    data = make(tmp_path, channels=2)
+    vol = precomputed.open(str(tmp_path), context=Context(cache_bytes=0))
+    one = (slice(-5, 11), slice(3, 19), slice(-2, 6), slice(None))  # chunk (0, 0, 0)
+    a = vol[one].read()
+    np.testing.assert_array_equal(a, data[0:16, 0:16, 0:8])
+    assert a.flags.writeable
+    a[...] = 0
+    np.testing.assert_array_equal(vol[one].read(), data[0:16, 0:16, 0:8])
+    name = "-5-11_3-19_-2-6"
+    raw = (tmp_path / "4_4_40" / name).read_bytes()
+    (tmp_path / "4_4_40" / name).unlink()
+    assert not vol[one].read().any()  # missing: zeros
+    (tmp_path / "4_4_40" / (name + ".gz")).write_bytes(gzip.compress(raw))
+    np.testing.assert_array_equal(vol[one].read(), data[0:16, 0:16, 0:8])  # CloudVolume twin
