@@ -199,14 +199,15 @@ class ShardedChunkStore(ChunkStore):
 
     Reads cost at most three ranged requests per chunk when cold (shard index entry,
     minishard index, data) and one when warm: index entries and minishard indices are
-    cached (bounded). A read that needs several minishards of one shard fetches the whole
-    shard index at once; a read that covers a whole (rectangular) shard reads it in one
-    request.
+    cached (bounded). The first read of a shard fetches its whole index when that is at most
+    ``INDEX_SPAN_BYTES`` (otherwise the span of the entries needed); a read that covers a
+    whole (rectangular) shard reads it in one request.
     """
 
     #: Number of cached minishard indices / shard index entries.
     INDEX_CACHE_ENTRIES = 16384
-    #: Largest span of a shard index read in one request to get several entries.
+    #: Largest shard index read whole on first use (else: largest span of entries read in
+    #: one request).
     INDEX_SPAN_BYTES = 64 * 1024
     #: Attempts to rewrite a shard that other writers keep changing before giving up.
     MAX_COMMIT_RETRIES = 64
@@ -410,8 +411,16 @@ class ShardedChunkStore(ChunkStore):
             by_shard.setdefault(s, []).append(m)
         requests: list[tuple[str, int, int]] = []
         plan: list[tuple[int, int, list[int]]] = []  # (shard, first entry, entries wanted)
+        n = self.spec.num_minishards
+        whole_index = 16 * n <= self.INDEX_SPAN_BYTES
         for s, ms in by_shard.items():
             key = self.shard_key(s)
+            if whole_index:
+                # A small shard index is fetched whole, for the price of one entry: later
+                # reads of other minishards of this shard skip a round trip.
+                requests.append((key, 0, 16 * n))
+                plan.append((s, 0, ms))
+                continue
             spans = (
                 [ms] if 16 * (ms[-1] + 1 - ms[0]) <= self.INDEX_SPAN_BYTES else [[m] for m in ms]
             )
@@ -423,6 +432,8 @@ class ShardedChunkStore(ChunkStore):
             if blob is None:  # no shard file: every chunk in it is missing
                 found.update({(s, m): None for m in ms})
                 continue
+            if whole_index and len(blob) == 16 * n:
+                found.update(self._spare_entries(blob, s, key, set(ms)))
             for m in ms:
                 entry = blob[16 * (m - lo) : 16 * (m - lo) + 16]
                 if len(entry) < 16:  # the file ends before this entry: empty or truncated
@@ -439,6 +450,22 @@ class ShardedChunkStore(ChunkStore):
         with self._lock:
             self._entries.update(found)
         return found
+
+    def _spare_entries(
+        self, index: bytes, s: int, key: str, wanted: set[int]
+    ) -> dict[tuple[int, int], tuple[int, int] | None]:
+        """Entries of a whole shard index that nobody asked for yet, to cache. A bad one is
+        left out: it raises only when a read needs it, naming the chunk read."""
+        spare: dict[tuple[int, int], tuple[int, int] | None] = {}
+        for m in range(self.spec.num_minishards):
+            if m not in wanted:
+                try:
+                    spare[(s, m)] = sh.decode_shard_index_entry(
+                        index[16 * m : 16 * m + 16], m, self.spec, key
+                    )
+                except CorruptDataError:
+                    pass
+        return spare
 
     def _entry(
         self, data16: bytes, s: int, m: int, key: str, wanted: Mapping[tuple[int, int], int]

@@ -181,9 +181,27 @@ def test_reading_several_minishards_of_a_shard_fetches_its_index_once(
     vol[0:8, 0:8, 0:4, :].read()  # 4 chunks, minishard 0 of shard 0; z=4..8 untouched
     vol[0:4, 0:4, 4:8, :].read()  # minishard 1 of shard 0
     ops = [(op, a, b) for op, _, a, b in shard_requests(memory_store)]
-    assert ops[0] == ("read_range", 0, 16)  # one index entry
-    # entry, minishard 0, its 4 adjacent chunks in one request; entry, minishard 1, chunk
-    assert len(ops) == 1 + 1 + 1 + 3
+    n = store_of(vol).spec.num_minishards
+    assert ops[0] == ("read_range", 0, 16 * n)  # the whole (small) shard index
+    # index, minishard 0, its 4 adjacent chunks in one request; then, with the index
+    # entry of minishard 1 already known: minishard 1, chunk
+    assert len(ops) == 1 + 1 + 1 + 2
+
+
+def test_a_bad_index_entry_of_another_minishard_fails_only_the_reads_that_need_it(
+    memory_store: MemoryKvStore,
+) -> None:
+    data = random_data((*SIZE, 1))
+    create(memory_store, SIZE, CHUNK, RECT)[...] = data
+    shard = bytearray(memory_store.read(SHARD0))
+    shard[16:32] = (40).to_bytes(8, "little") + (8).to_bytes(8, "little")  # end < start
+    memory_store.write(SHARD0, bytes(shard))
+    vol = reopen(memory_store)
+    # Minishard 0 (z 0..4) reads fine although the whole index, bad entry 1 included, came
+    # in the same request; minishard 1 (z 4..8) fails, naming the chunk read.
+    np.testing.assert_array_equal(vol[0:8, 0:8, 0:4, :].read(), data[0:8, 0:8, 0:4])
+    with pytest.raises(CorruptDataError, match=r"minishard 1"):
+        vol[0:4, 0:4, 4:8, :].read()
 
 
 @pytest.mark.parametrize("span", [64 * 1024, 16])
