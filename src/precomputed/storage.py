@@ -221,6 +221,8 @@ class ShardedChunkStore(ChunkStore):
         self.rectangular = sh.is_rectangular(spec, self.bits)
         self.index_size = spec.shard_index_size
         self._lock = threading.Lock()
+        # (shard, minishard) -> set when the thread loading its minishard index is done
+        self._loading: dict[tuple[int, int], threading.Event] = {}
         # (shard, minishard) -> absolute (start, stop) or None (empty minishard / no shard)
         self._entries: LRUCache[tuple[int, int], tuple[int, int] | None] = LRUCache(
             self.INDEX_CACHE_ENTRIES
@@ -361,14 +363,7 @@ class ShardedChunkStore(ChunkStore):
         wanted: dict[tuple[int, int], int] = {}
         for i in idx:
             wanted.setdefault((int(shards[i]), int(minis[i])), int(ids[i]))
-        with self._lock:
-            entries = {k: self._entries[k] for k in wanted if k in self._entries}
-            tables = {k: self._minishards[k] for k in wanted if k in self._minishards}
-        # Work from local copies: a concurrent reader may evict cache entries meanwhile.
-        missing_entries = {k: c for k, c in wanted.items() if k not in tables and k not in entries}
-        entries.update(self._load_entries(missing_entries))
-        missing_tables = {k: c for k, c in wanted.items() if k not in tables}
-        tables.update(self._load_minishards(missing_tables, entries))
+        tables = self._minishard_tables(wanted)
         requests: list[tuple[str, int, int]] = []
         targets: list[int] = []
         for i in idx:
@@ -388,6 +383,39 @@ class ShardedChunkStore(ChunkStore):
                     f"value of size {_size_seen(a, blob)}"
                 )
             out[i] = blob if deferred else sh.decode_chunk_data(blob, self.spec, what)
+
+    def _minishard_tables(
+        self, wanted: Mapping[tuple[int, int], int]
+    ) -> dict[tuple[int, int], dict[int, tuple[int, int]]]:
+        """Minishard indices of ``wanted`` (shard, minishard) pairs, from the cache or the
+        store. A pair another thread is already loading is waited for, not fetched twice
+        (concurrent readers of one shard would otherwise repeat its index requests)."""
+        with self._lock:
+            entries = {k: self._entries[k] for k in wanted if k in self._entries}
+            tables = {k: self._minishards[k] for k in wanted if k in self._minishards}
+            todo = [k for k in wanted if k not in tables]
+            theirs = {k: self._loading[k] for k in todo if k in self._loading}
+            mine = [k for k in todo if k not in theirs]
+            for k in mine:
+                self._loading[k] = threading.Event()
+        try:
+            # Work from local copies: a concurrent reader may evict cache entries meanwhile.
+            need = {k: wanted[k] for k in mine}
+            entries.update(self._load_entries({k: c for k, c in need.items() if k not in entries}))
+            tables.update(self._load_minishards(need, entries))
+        finally:
+            with self._lock:
+                for k in mine:
+                    self._loading.pop(k).set()
+        if theirs:
+            for event in theirs.values():
+                event.wait()
+            with self._lock:
+                tables.update({k: self._minishards[k] for k in theirs if k in self._minishards})
+            rest = {k: wanted[k] for k in theirs if k not in tables}  # their load failed
+            if rest:
+                tables.update(self._minishard_tables(rest))
+        return tables
 
     def _size(self, key: str) -> int | str:
         """Size of a small (truncated) stored shard, for error messages."""

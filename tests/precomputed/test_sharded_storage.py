@@ -204,6 +204,34 @@ def test_a_bad_index_entry_of_another_minishard_fails_only_the_reads_that_need_i
         vol[0:4, 0:4, 4:8, :].read()
 
 
+def test_concurrent_readers_of_one_minishard_load_its_index_once(
+    memory_store: MemoryKvStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = random_data((*SIZE, 1))
+    create(memory_store, SIZE, CHUNK, MURMUR)[...] = data
+    vol = reopen(memory_store)
+    slow = memory_store._read_ranges
+
+    def read_ranges(requests: Any) -> Any:
+        threading.Event().wait(0.02)  # a remote store: requests take a while
+        return slow(requests)
+
+    monkeypatch.setattr(memory_store, "_read_ranges", read_ranges)
+    memory_store.request_log = []
+    box = (slice(4, 8), slice(0, 4), slice(8, 12), slice(None))
+    got: list[np.ndarray] = []
+    threads = [threading.Thread(target=lambda: got.append(vol[box].read())) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 8
+    for arr in got:
+        np.testing.assert_array_equal(arr, data[box])
+    # The shard index and the minishard index once; the chunk itself by each reader.
+    assert len(shard_requests(memory_store)) == 2 + 8
+
+
 @pytest.mark.parametrize("span", [64 * 1024, 16])
 def test_index_entries_of_several_minishards_come_in_one_span_or_one_each(
     memory_store: MemoryKvStore, monkeypatch: pytest.MonkeyPatch, span: int
