@@ -24,6 +24,7 @@ b. 512x512x256 uint64 compressed_segmentation (block 8^3), 64^3 chunks, unsharde
 c. the same segmentation sharded: murmurhash3_x86_128, gzip minishard index and data,
    8 shards; plus request counts and the peak memory of a transaction commit
 d. the same volumes served over HTTP by ``tests/servers.py``'s RangeServer on 127.0.0.1
+   (in a child process, see ``server_process.py``)
    with injected latency (20 ms), read through each library's HTTP store
 """
 
@@ -57,7 +58,7 @@ from precomputed import Context
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-from servers import RangeServer  # noqa: E402
+from server_process import ServerProcess  # noqa: E402
 
 try:  # optional third column
     # CloudVolume keeps secrets and caches under ~/.cloudvolume: keep this run's in /tmp.
@@ -705,10 +706,8 @@ def commit_memory(bench: Bench, root: Path, vdef: VolumeDef, shard_dir: Path) ->
 
 def http_workloads(bench: Bench, root: Path, defs: dict[str, VolumeDef]) -> None:
     cfg = bench.cfg
-    server = RangeServer(root=root, latency=cfg.latency)
-    # Clients closing keep-alive connections make the stdlib server print tracebacks.
-    server._httpd.handle_error = lambda request, client_address: None  # type: ignore[method-assign]
-    server.start()
+    # In a child process, as a real server would be: see server_process.py.
+    server = ServerProcess(root, cfg.latency)
     try:
         base = server.url
         group = f"d (HTTP {cfg.latency * 1e3:g} ms"
@@ -769,7 +768,7 @@ def http_workloads(bench: Bench, root: Path, defs: dict[str, VolumeDef]) -> None
 
 
 def http_request_counts(
-    bench: Bench, server: RangeServer, base: str, c: VolumeDef, ts_http: Callable[..., Any]
+    bench: Bench, server: ServerProcess, base: str, c: VolumeDef, ts_http: Callable[..., Any]
 ) -> None:
     box = chunk_boxes(tuple(c.data.shape[:3]), bench.cfg.chunk, 1, seed=11)[0]
     want = c.data[box[0], box[1], box[2], :]

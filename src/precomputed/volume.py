@@ -36,8 +36,9 @@ LABELS = ("x", "y", "z", "channel")
 _MISSING = np.zeros(0, np.uint8)
 #: Per-thread scratch buffer for chunks read and consumed without being kept.
 _scratch = threading.local()
-#: Chunks fetched per batch on large reads: bounds encoded bytes held at once.
-READ_BATCH = 256
+#: Chunks fetched per batch on large reads (the next batch is fetched while one decodes):
+#: bounds the encoded bytes held at once and lets decoding start early.
+READ_BATCH = 64
 #: Striped locks serialising the read-modify-write of one write group (chunk or shard)
 #: within the process: concurrent partial writes to one chunk must not lose updates.
 #: Re-entrant, so a write made from inside another (a callback) cannot deadlock.
@@ -235,12 +236,13 @@ class ScaleHandle:
             for f in [pool.submit(local, p) for p in todo]:
                 f.result()
             return
-        for batch in self._read_batches(todo):
+        def read(batch: list[Vec3]) -> tuple[int, list[bytes | None]]:
             epoch = cache.epoch  # before reading: see ChunkCache.put
             # Shard data encoding (gzip) is removed in the workers, in parallel.
-            blobs = self.store.read_chunks(batch, deferred=True)
+            return epoch, self.store.read_chunks(batch, deferred=True)
 
-            def work(item: tuple[Vec3, bytes | None], epoch: int = epoch) -> None:
+        def process(batch: list[Vec3], epoch: int, blobs: list[bytes | None]) -> None:
+            def work(item: tuple[Vec3, bytes | None]) -> None:
                 pos, blob = item
                 if blob is None:
                     # Remember absence too: sparse volumes would re-request it on every
@@ -261,6 +263,21 @@ class ScaleHandle:
             else:
                 for f in [pool.submit(work, it) for it in items]:
                     f.result()
+
+        batches = list(self._read_batches(todo))
+        if len(batches) <= 1:
+            for batch in batches:
+                process(batch, *read(batch))
+            return
+        # Fetch the next batch while this one decodes: the network and the decoders work
+        # at once, and at most two batches of encoded bytes are held.
+        with ThreadPoolExecutor(1, thread_name_prefix="precomputed-prefetch") as io:
+            ahead = io.submit(read, batches[0])
+            for i, batch in enumerate(batches):
+                epoch, blobs = ahead.result()
+                if i + 1 < len(batches):
+                    ahead = io.submit(read, batches[i + 1])
+                process(batch, epoch, blobs)
 
     def _read_raw_into_scratch(
         self, pos: Vec3, consume: Callable[[Vec3, np.ndarray | None], None]

@@ -815,3 +815,58 @@ def test_chunk_layout_of_non_rectangular_shards_is_the_whole_volume(
     assert vol.chunk_layout.write_chunk == (32, 20, 12, 1)
     vol = create(FileKvStore(tmp_path), (30, 20, 10), CHUNK, None)
     assert vol.chunk_layout.write_chunk == (*CHUNK, 1)
+
+
+def test_large_reads_fetch_the_next_batch_while_one_decodes(
+    memory_store: MemoryKvStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from precomputed import volume
+
+    data = random_data((*SIZE, 1))
+    create(memory_store, SIZE, CHUNK, MURMUR)[...] = data
+    monkeypatch.setattr(volume, "READ_BATCH", 8)
+    vol = reopen(memory_store)
+    store = store_of(vol)
+    reads: list[int] = []
+    second_read_started = threading.Event()
+    original_read = store.read_chunks
+    original_decode = vol._h.decode
+
+    def read_chunks(positions: Any, **kw: Any) -> Any:
+        reads.append(len(positions))
+        if len(reads) == 2:
+            second_read_started.set()
+        return original_read(positions, **kw)
+
+    def decode(pos: Any, blob: Any) -> Any:
+        # Decoding the first batch waits for the second batch's fetch to begin: only a
+        # pipelined reader can finish (a sequential one would fail here after 10 s).
+        assert second_read_started.wait(10)
+        return original_decode(pos, blob)
+
+    monkeypatch.setattr(store, "read_chunks", read_chunks)
+    monkeypatch.setattr(vol._h, "decode", decode)
+    np.testing.assert_array_equal(vol.read(), data)
+    assert reads == [8] * 8  # 64 chunks in batches of 8
+
+
+def test_an_error_in_a_later_batch_is_raised(
+    memory_store: MemoryKvStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from precomputed import volume
+
+    create(memory_store, SIZE, CHUNK, MURMUR)[...] = random_data((*SIZE, 1))
+    monkeypatch.setattr(volume, "READ_BATCH", 8)
+    vol = reopen(memory_store)
+    original = vol._h.decode
+    seen = []
+
+    def decode(pos: Any, blob: Any) -> Any:
+        seen.append(pos)
+        if len(seen) == 30:
+            raise CorruptDataError("bad chunk")
+        return original(pos, blob)
+
+    monkeypatch.setattr(vol._h, "decode", decode)
+    with pytest.raises(CorruptDataError, match="bad chunk"):
+        vol.read()
