@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._arraylike import ArrayLike
+from ._cseg_slab import decode_cseg_z_range
 from .codecs import ChunkEncoding, decode_chunk, encode_chunk
 from .errors import InvalidArgumentError, NotFoundError, OutOfRangeError
 from .grid import Box, ChunkGrid, Vec3
@@ -354,8 +355,87 @@ class ScaleHandle:
 
         if self._slab_reads:
             cells = self._read_slabs(cells, box, channels, txn, out)
+        elif self.encoding.encoding == "compressed_segmentation":
+            cells = self._read_cseg_planes(cells, box, channels, txn, out)
         self.fetch(cells, txn, place, transient=True)
         return out
+
+    def _read_cseg_planes(
+        self,
+        cells: list[Vec3],
+        box: Box,
+        channels: tuple[int, int],
+        txn: Transaction | None,
+        out: np.ndarray,
+    ) -> list[Vec3]:
+        """Fill ``out`` from segmentation chunks the box covers only partly in z (or in
+        channels) by decoding just those planes; returns the cells to read whole. The
+        encoded chunk (a fraction of the decoded size) is cached, so the next plane of the
+        same chunk costs one partial decode and no I/O."""
+        c0, c1 = channels
+        cache = self.context.cache
+        thin: list[tuple[Vec3, Box, Box]] = []
+        whole: list[Vec3] = []
+        for pos in cells:
+            cb = self.grid.chunk_box(pos)
+            inter = box.intersect(cb)
+            if (
+                (inter.shape[2] == cb.shape[2] and (c0, c1) == (0, self.num_channels))
+                or (txn is not None and txn.get(self, pos) is not None)
+                or (self.cache_id, pos) in cache
+            ):
+                whole.append(pos)
+            else:
+                thin.append((pos, cb, inter))
+        if not thin:
+            return whole
+        blobs: dict[Vec3, bytes | None] = {}
+        todo: list[Vec3] = []
+        for pos, _, _ in thin:
+            hit = cache.get((self.cache_id, pos, "encoded"))
+            if hit is not None:
+                blobs[pos] = hit.tobytes()
+            else:
+                todo.append(pos)
+        epoch = cache.epoch  # before reading: a racing write must not be undone
+        for i in range(0, len(todo), READ_BATCH):
+            batch = todo[i : i + READ_BATCH]
+            for pos, blob in zip(batch, self.store.read_chunks(batch), strict=True):
+                blobs[pos] = blob
+                if blob is None:
+                    cache.put((self.cache_id, pos), _MISSING, epoch)
+                    if not self.fill_missing_data_reads:
+                        raise self.missing(pos)
+                else:
+                    cache.partial_owners.add(self.cache_id)
+                    cache.put((self.cache_id, pos, "encoded"), np.frombuffer(blob, np.uint8), epoch)
+        block = self.encoding.block_size
+
+        def planes(item: tuple[Vec3, Box, Box]) -> None:
+            pos, cb, inter = item
+            blob = blobs[pos]
+            if blob is None:
+                return  # missing: out is already zero
+            z0, z1 = inter.start[2] - cb.start[2], inter.stop[2] - cb.start[2]
+            got = decode_cseg_z_range(
+                blob, self.chunk_shape(pos), self.dtype, block, z0, z1, channels,  # type: ignore[arg-type]
+                key=self.store.describe(pos),
+            )  # fmt: skip
+            src = tuple(
+                slice(a - s, b - s) for a, b, s in zip(inter.start, inter.stop, cb.start, strict=True)
+            )
+            dst = tuple(
+                slice(a - s, b - s) for a, b, s in zip(inter.start, inter.stop, box.start, strict=True)
+            )
+            copy_rows(out[:, dst[2], dst[1], dst[0]], got[:, :, src[1], src[0]])
+
+        if len(thin) > 2:
+            for f in [self.context.executor.submit(planes, it) for it in thin]:
+                f.result()
+        else:
+            for it in thin:
+                planes(it)
+        return whole
 
     def _read_one_chunk(self, pos: Vec3, txn: Transaction | None) -> np.ndarray:
         """A read of exactly one whole chunk: hand over the freshly decoded array itself
