@@ -9,6 +9,8 @@ of a segmentation therefore decode planes, not chunks.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from .codecs import _Corrupt, _cseg_corrupt, _CsegChannel
@@ -57,26 +59,25 @@ def _decode(data, shape, dtype, block_xyz, z0, z1, channels) -> np.ndarray:
     return out
 
 
+@lru_cache(maxsize=64)
+def _plane_positions(block: tuple[int, int, int], ey: int, ex: int, a: int, b: int) -> np.ndarray:
+    """In-block voxel indices of local planes ``a:b`` (x fastest), for blocks cut to ey, ex."""
+    _, by, bx = block
+    ly, lx = np.meshgrid(np.arange(ey), np.arange(ex), indexing="ij")
+    loc = ((np.arange(a, b)[:, None, None] * by + ly) * bx + lx).ravel()
+    loc.flags.writeable = False
+    return loc
+
+
 def _planes_into(ch: _CsegChannel, z0: int, z1: int, out: np.ndarray) -> None:
-    bz, by, bx = ch.block
+    bz = ch.block[0]
     gz, gy, gx = ch.grid
     _, ey, ex = ch.extent
-    w, n = ch.w, len(ch.w)
-    if ch.wpv == 1:
-        table, base = w.astype(np.uint64), ch.table_offset
-    else:
-        # 64-bit labels may start at odd word offsets: an even- and an odd-aligned view.
-        even = w[: n - n % 2].view("<u8")
-        odd = w[1 : n - (n - 1) % 2].view("<u8") if n > 1 else np.zeros(0, "<u8")
-        table = np.concatenate([even, odd])
-        base = np.where(
-            ch.table_offset % 2 == 0, ch.table_offset // 2, len(even) + ch.table_offset // 2
-        )
-    ly, lx = np.meshgrid(np.arange(ey), np.arange(ex), indexing="ij")
+    w = ch.w
     for layer in range(z0 // bz, (z1 - 1) // bz + 1):
         a, b = max(z0, layer * bz) - layer * bz, min(z1, (layer + 1) * bz) - layer * bz
         rows = layer * gy * gx + np.arange(gy * gx)
-        loc = ((np.arange(a, b)[:, None, None] * by + ly) * bx + lx).ravel()  # in-block index
+        loc = _plane_positions(ch.block, ey, ex, a, b)
         bits = ch.bits[rows][:, None]
         p = loc[None, :] * bits
         word = np.where(bits > 0, ch.value_offset[rows][:, None], 0) + (p >> 5)
@@ -85,7 +86,11 @@ def _planes_into(ch: _CsegChannel, z0: int, z1: int, out: np.ndarray) -> None:
         # Padding voxels of edge blocks may hold any index: keep lookups inside the table
         # (inside voxels were checked against the table size by _CsegChannel).
         np.minimum(idx, (ch.table_size[rows] - 1)[:, None], out=idx)
-        vals = table[base[rows][:, None] + idx]  # (blocks, nz * ey * ex)
+        # Labels are 1 or 2 little-endian words at table_offset + index * words per label.
+        at = ch.table_offset[rows][:, None] + idx * ch.wpv
+        vals = w[at].astype(ch.dtype)
+        if ch.wpv == 2:
+            vals |= w[at + 1].astype(ch.dtype) << np.uint64(32)
         vals = vals.reshape(gy, gx, b - a, ey, ex).transpose(2, 0, 3, 1, 4)
         vals = vals.reshape(b - a, gy * ey, gx * ex)[:, : out.shape[1], : out.shape[2]]
         zs = layer * bz + a - z0
