@@ -24,18 +24,23 @@ class Box:
     start: Vec3
     stop: Vec3
 
+    # Written out per axis: these run for every chunk of every read (a z-plane of a
+    # terabyte volume touches thousands), where generator expressions cost several times more.
     @property
     def shape(self) -> Vec3:
-        return tuple(max(0, b - a) for a, b in zip(self.start, self.stop, strict=True))  # type: ignore[return-value]
+        (a0, a1, a2), (b0, b1, b2) = self.start, self.stop
+        return (max(0, b0 - a0), max(0, b1 - a1), max(0, b2 - a2))
 
     @property
     def empty(self) -> bool:
-        return any(b <= a for a, b in zip(self.start, self.stop, strict=True))
+        (a0, a1, a2), (b0, b1, b2) = self.start, self.stop
+        return b0 <= a0 or b1 <= a1 or b2 <= a2
 
     def intersect(self, other: Box) -> Box:
+        (a0, a1, a2), (b0, b1, b2) = self.start, self.stop
+        (c0, c1, c2), (d0, d1, d2) = other.start, other.stop
         return Box(
-            tuple(max(a, c) for a, c in zip(self.start, other.start, strict=True)),  # type: ignore[arg-type]
-            tuple(min(b, d) for b, d in zip(self.stop, other.stop, strict=True)),  # type: ignore[arg-type]
+            (max(a0, c0), max(a1, c1), max(a2, c2)), (min(b0, d0), min(b1, d1), min(b2, d2))
         )
 
 
@@ -63,12 +68,12 @@ class ChunkGrid:
 
     def chunk_box(self, pos: Vec3) -> Box:
         """Absolute voxel box of grid cell ``pos`` (clipped at the volume edge)."""
-        start = tuple(o + g * c for o, g, c in zip(self.voxel_offset, pos, self.chunk, strict=True))
-        stop = tuple(
-            o + min((g + 1) * c, s)
-            for o, g, c, s in zip(self.voxel_offset, pos, self.chunk, self.size, strict=True)
+        (o0, o1, o2), (c0, c1, c2), (s0, s1, s2) = self.voxel_offset, self.chunk, self.size
+        g0, g1, g2 = pos
+        return Box(
+            (o0 + g0 * c0, o1 + g1 * c1, o2 + g2 * c2),
+            (o0 + min((g0 + 1) * c0, s0), o1 + min((g1 + 1) * c1, s1), o2 + min((g2 + 1) * c2, s2)),
         )
-        return Box(start, stop)  # type: ignore[arg-type]
 
     def chunk_shape(self, pos: Vec3) -> Vec3:
         return self.chunk_box(pos).shape
