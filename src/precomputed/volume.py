@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._arraylike import ArrayLike
-from ._cseg_slab import decode_cseg_z_range
+from ._cseg_slab import decode_cseg_region
 from .codecs import ChunkEncoding, decode_chunk, encode_chunk
 from .errors import InvalidArgumentError, NotFoundError, OutOfRangeError
 from .grid import Box, ChunkGrid, Vec3
@@ -368,8 +368,8 @@ class ScaleHandle:
         txn: Transaction | None,
         out: np.ndarray,
     ) -> list[Vec3]:
-        """Fill ``out`` from segmentation chunks the box covers only partly in z (or in
-        channels) by decoding just those planes; returns the cells to read whole. The
+        """Fill ``out`` from segmentation chunks the box covers only thinly in z and y (a
+        plane, a few rows) by decoding just those voxels; returns the cells to read whole. The
         encoded chunk (a fraction of the decoded size) is cached, so the next plane of the
         same chunk costs one partial decode and no I/O."""
         c0, c1 = channels
@@ -379,8 +379,9 @@ class ScaleHandle:
         for pos in cells:
             cb = self.grid.chunk_box(pos)
             inter = box.intersect(cb)
+            # Partial decoding pays while it touches at most a quarter of the z, y rows.
             if (
-                (inter.shape[2] == cb.shape[2] and (c0, c1) == (0, self.num_channels))
+                4 * inter.shape[2] * inter.shape[1] > cb.shape[2] * cb.shape[1]
                 or (txn is not None and txn.get(self, pos) is not None)
                 or (self.cache_id, pos) in cache
             ):
@@ -416,18 +417,17 @@ class ScaleHandle:
             blob = blobs[pos]
             if blob is None:
                 return  # missing: out is already zero
-            z0, z1 = inter.start[2] - cb.start[2], inter.stop[2] - cb.start[2]
-            got = decode_cseg_z_range(
-                blob, self.chunk_shape(pos), self.dtype, block, z0, z1, channels,  # type: ignore[arg-type]
+            zs = (inter.start[2] - cb.start[2], inter.stop[2] - cb.start[2])
+            ys = (inter.start[1] - cb.start[1], inter.stop[1] - cb.start[1])
+            got = decode_cseg_region(
+                blob, self.chunk_shape(pos), self.dtype, block, zs, ys, channels,  # type: ignore[arg-type]
                 key=self.store.describe(pos),
             )  # fmt: skip
-            src = tuple(
-                slice(a - s, b - s) for a, b, s in zip(inter.start, inter.stop, cb.start, strict=True)
-            )
+            sx = slice(inter.start[0] - cb.start[0], inter.stop[0] - cb.start[0])
             dst = tuple(
                 slice(a - s, b - s) for a, b, s in zip(inter.start, inter.stop, box.start, strict=True)
             )
-            copy_rows(out[:, dst[2], dst[1], dst[0]], got[:, :, src[1], src[0]])
+            copy_rows(out[:, dst[2], dst[1], dst[0]], got[:, :, :, sx])
 
         # On this thread: each is a fraction of a millisecond of small numpy steps, which
         # threads would only contend for (measured slower on two).

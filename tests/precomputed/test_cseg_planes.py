@@ -9,7 +9,7 @@ import pytest
 
 import precomputed
 from precomputed import Context
-from precomputed._cseg_slab import decode_cseg_z_range
+from precomputed._cseg_slab import decode_cseg_region, decode_cseg_z_range
 from precomputed.codecs import ChunkEncoding, decode_chunk, encode_chunk
 from precomputed.errors import CorruptDataError, NotFoundError
 from precomputed.kvstore import MemoryKvStore
@@ -46,6 +46,21 @@ def test_planes_equal_the_whole_chunk_decode(
             got = decode_cseg_z_range(data, shape, np.dtype(dtype), block, z0, z1, chans)
             np.testing.assert_array_equal(got, chunk[chans[0] : chans[1], z0:z1])
             assert got.flags.c_contiguous
+
+
+@pytest.mark.parametrize(
+    "shape, block", [((1, 16, 16, 16), (8, 8, 8)), ((2, 13, 11, 9), (4, 4, 4)), ((1, 7, 9, 6), (3, 2, 4))]
+)
+def test_regions_of_planes_and_rows_equal_the_whole_chunk_decode(
+    shape: tuple[int, int, int, int], block: tuple[int, int, int]
+) -> None:
+    chunk = labels(shape, 11, "uint64", seed=5)
+    data = encode_chunk(chunk, ChunkEncoding("compressed_segmentation", block_size=block))
+    _, z, y, _ = shape
+    for zs in [(0, z), (1, 2), (z - 3, z)]:
+        for ys in [(0, y), (y // 2, y // 2 + 1), (1, y - 1), (y - 1, y)]:
+            got = decode_cseg_region(data, shape, np.dtype(np.uint64), block, zs, ys)
+            np.testing.assert_array_equal(got, chunk[:, zs[0] : zs[1], ys[0] : ys[1]])
 
 
 def test_32_bit_blocks_are_decoded() -> None:
@@ -109,7 +124,11 @@ def test_plane_reads_decode_planes_and_cache_the_encoded_chunk(
     monkeypatch.setattr(vol._h, "decode", lambda *a: whole_decodes.append(a) or real(*a))
     np.testing.assert_array_equal(vol[:, :, 3, :].read(), data[:, :, 3, :])
     np.testing.assert_array_equal(vol[5:30, 2:20, 9:11, :].read(), data[5:30, 2:20, 9:11, :])
-    assert whole_decodes == []  # only planes were decoded
+    np.testing.assert_array_equal(vol[:, 21, :, :].read(), data[:, 21, :, :])  # xz-plane
+    np.testing.assert_array_equal(vol[3:9, 30:32, :, :].read(), data[3:9, 30:32, :, :])
+    assert whole_decodes == []  # only planes and rows were decoded
+    np.testing.assert_array_equal(vol[0:16, 0:16, 0:8, :].read(), data[0:16, 0:16, 0:8, :])
+    assert len(whole_decodes) == 1  # a whole chunk is decoded whole
     memory_store.stats.clear()
     np.testing.assert_array_equal(vol[:, :, 4, :].read(), data[:, :, 4, :])
     assert sum(memory_store.stats.values()) == 0  # same chunks: encoded bytes were cached
