@@ -10,6 +10,7 @@ is a free transpose.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -156,7 +157,7 @@ class ScaleHandle:
         shape = self.chunk_shape(pos)
         if (
             self.encoding.encoding == "raw"
-            and len(data) == int(np.prod(shape)) * self.dtype.itemsize
+            and len(data) == math.prod(shape) * self.dtype.itemsize
         ):
             # Zero-copy: a read-only view of immutable bytes is safe to cache and share.
             return np.frombuffer(data, self.dtype.newbyteorder("<")).reshape(shape)
@@ -234,9 +235,17 @@ class ScaleHandle:
                 cache.put((self.cache_id, pos), chunk, epoch)
                 consume(pos, chunk)
 
-            for f in [pool.submit(local, p) for p in todo]:
+            def run(group: list[Vec3]) -> None:
+                for pos in group:
+                    local(pos)
+
+            # A few tasks per thread rather than one per chunk: a future per chunk costs
+            # about as much as reading a cached 256 KiB chunk file.
+            k = min(len(todo), 4 * self.context.decode_threads)
+            for f in [pool.submit(run, todo[i::k]) for i in range(k)]:
                 f.result()
             return
+
         def read(batch: list[Vec3]) -> tuple[int, list[bytes | None]]:
             epoch = cache.epoch  # before reading: see ChunkCache.put
             # Shard data encoding (gzip) is removed in the workers, in parallel.
@@ -288,7 +297,7 @@ class ScaleHandle:
         False when not applicable (cached sizes, other file sizes, missing chunks): the
         caller then takes the ordinary path."""
         shape = self.chunk_shape(pos)
-        nbytes = int(np.prod(shape)) * self.dtype.itemsize
+        nbytes = math.prod(shape) * self.dtype.itemsize
         if self.context.cache.keeps(nbytes):
             return False
         buf = getattr(_scratch, "buf", None)
@@ -444,7 +453,7 @@ class ScaleHandle:
             self.encoding.encoding == "raw"
             and isinstance(self.store, UnshardedChunkStore)
             and self.dtype == self.dtype.newbyteorder("<")  # stored little-endian
-            and not self.context.cache.keeps(int(np.prod(shape)) * self.dtype.itemsize)
+            and not self.context.cache.keeps(math.prod(shape) * self.dtype.itemsize)
         ):
             # Read the file straight into the array we return: one allocation, one copy.
             arr = np.empty(shape, self.dtype)
