@@ -270,9 +270,15 @@ class ScaleHandle:
             del blobs
             if len(items) == 1:
                 work(items[0])
-            else:
-                for f in [pool.submit(work, it) for it in items]:
-                    f.result()
+                return
+
+            def run(group: list[tuple[Vec3, bytes | None]]) -> None:
+                for it in group:
+                    work(it)
+
+            k = min(len(items), 4 * self.context.decode_threads)  # a few tasks per thread
+            for f in [pool.submit(run, items[i::k]) for i in range(k)]:
+                f.result()
 
         batches = list(self._read_batches(todo))
         if len(batches) <= 1:
