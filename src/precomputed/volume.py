@@ -47,6 +47,19 @@ READ_BATCH = 64
 _GROUP_LOCKS = [threading.RLock() for _ in range(64)]
 
 
+def _map_in_groups(pool: Any, fn: Callable[[Any], None], items: list[Any], threads: int) -> None:
+    """Run ``fn`` on every item on ``pool`` as a few tasks per thread, not one future per
+    item: a future costs about as much as reading a cached 256 KiB chunk file."""
+    k = min(len(items), 4 * threads)
+
+    def run(group: list[Any]) -> None:
+        for item in group:
+            fn(item)
+
+    for f in [pool.submit(run, items[i::k]) for i in range(k)]:
+        f.result()
+
+
 def copy_rows(dst: np.ndarray, src: np.ndarray) -> None:
     """``dst[...] = src``, moving each innermost row as one opaque item when both rows are
     contiguous: numpy's per-row overhead otherwise dominates for chunk-sized rows (a 64-byte
@@ -235,15 +248,7 @@ class ScaleHandle:
                 cache.put((self.cache_id, pos), chunk, epoch)
                 consume(pos, chunk)
 
-            def run(group: list[Vec3]) -> None:
-                for pos in group:
-                    local(pos)
-
-            # A few tasks per thread rather than one per chunk: a future per chunk costs
-            # about as much as reading a cached 256 KiB chunk file.
-            k = min(len(todo), 4 * self.context.decode_threads)
-            for f in [pool.submit(run, todo[i::k]) for i in range(k)]:
-                f.result()
+            _map_in_groups(pool, local, todo, self.context.decode_threads)
             return
 
         def read(batch: list[Vec3]) -> tuple[int, list[bytes | None]]:
@@ -272,13 +277,7 @@ class ScaleHandle:
                 work(items[0])
                 return
 
-            def run(group: list[tuple[Vec3, bytes | None]]) -> None:
-                for it in group:
-                    work(it)
-
-            k = min(len(items), 4 * self.context.decode_threads)  # a few tasks per thread
-            for f in [pool.submit(run, items[i::k]) for i in range(k)]:
-                f.result()
+            _map_in_groups(pool, work, items, self.context.decode_threads)
 
         batches = list(self._read_batches(todo))
         if len(batches) <= 1:
