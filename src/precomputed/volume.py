@@ -374,6 +374,32 @@ class ScaleHandle:
         self.fetch(cells, txn, place, transient=True)
         return out
 
+    def _split_thin(
+        self,
+        cells: list[Vec3],
+        box: Box,
+        txn: Transaction | None,
+        thin: Callable[[Box, Box], bool],
+    ) -> tuple[list[Vec3], list[tuple[Vec3, Box, Box]]]:
+        """Cells to read whole, and ``(pos, chunk box, intersection)`` of the cells a
+        partial read may serve: ``thin(chunk box, intersection)``, not buffered in ``txn``
+        and not cached whole (whole reads are then cheaper or already done)."""
+        cache = self.context.cache
+        whole: list[Vec3] = []
+        partial: list[tuple[Vec3, Box, Box]] = []
+        for pos in cells:
+            cb = self.grid.chunk_box(pos)
+            inter = box.intersect(cb)
+            if (
+                not thin(cb, inter)
+                or (txn is not None and txn.get(self, pos) is not None)
+                or (self.cache_id, pos) in cache
+            ):
+                whole.append(pos)
+            else:
+                partial.append((pos, cb, inter))
+        return whole, partial
+
     def _read_cseg_planes(
         self,
         cells: list[Vec3],
@@ -388,20 +414,10 @@ class ScaleHandle:
         same chunk costs one partial decode and no I/O."""
         c0, c1 = channels
         cache = self.context.cache
-        thin: list[tuple[Vec3, Box, Box]] = []
-        whole: list[Vec3] = []
-        for pos in cells:
-            cb = self.grid.chunk_box(pos)
-            inter = box.intersect(cb)
-            # Partial decoding pays while it touches at most a quarter of the z, y rows.
-            if (
-                4 * inter.shape[2] * inter.shape[1] > cb.shape[2] * cb.shape[1]
-                or (txn is not None and txn.get(self, pos) is not None)
-                or (self.cache_id, pos) in cache
-            ):
-                whole.append(pos)
-            else:
-                thin.append((pos, cb, inter))
+        # Partial decoding pays while it touches at most a quarter of the z, y rows.
+        whole, thin = self._split_thin(
+            cells, box, txn, lambda cb, i: 4 * i.shape[2] * i.shape[1] <= cb.shape[2] * cb.shape[1]
+        )
         if not thin:
             return whole
         blobs: dict[Vec3, bytes | None] = {}
@@ -495,21 +511,11 @@ class ScaleHandle:
         channels); returns the cells still to read whole (covered, cached, dirty, or whose
         ranged read did not give raw bytes, e.g. a missing or gzip-compressed chunk)."""
         c0, c1 = channels
-        whole: list[Vec3] = []
-        slabs: list[tuple[Vec3, Box, Box]] = []
         cache = self.context.cache
-        for pos in cells:
-            cb = self.grid.chunk_box(pos)
-            inter = box.intersect(cb)
-            thin = inter.shape[2] < cb.shape[2] or (c0, c1) != (0, self.num_channels)
-            if (
-                not thin
-                or (txn is not None and txn.get(self, pos) is not None)
-                or (self.cache_id, pos) in cache
-            ):
-                whole.append(pos)
-            else:
-                slabs.append((pos, cb, inter))
+        every_channel = (c0, c1) == (0, self.num_channels)
+        whole, slabs = self._split_thin(
+            cells, box, txn, lambda cb, i: i.shape[2] < cb.shape[2] or not every_channel
+        )
         if not slabs:
             return whole
         isz = self.dtype.itemsize
