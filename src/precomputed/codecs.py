@@ -28,7 +28,7 @@ import compressed_segmentation as _cseg_lib
 import numpy as np
 from PIL import Image
 
-from precomputed import _deflate
+from precomputed import _cseg_native, _deflate
 from precomputed.errors import CorruptDataError, InvalidArgumentError
 
 __all__ = [
@@ -1046,16 +1046,59 @@ def _cseg_decode(data, shape: tuple[int, int, int, int], dtype: np.dtype, block_
     if z * y * x == 0:
         return np.zeros(shape, dtype)
     channels = [_CsegChannel(words[offsets[ci] :], (z, y, x), block_xyz, dtype) for ci in range(c)]
-    if c == 1 and channels[0].library_safe:
+    if c == 1 and channels[0].library_safe and not _cseg_native.AVAILABLE:
         data = data if type(data) is bytes and offsets[0] == 1 else None
         return channels[0].decode_with_library(data).reshape(shape)
     out = np.empty(shape, dtype)
+    _cseg_channels_into(channels, out)
+    return out
+
+
+def _cseg_channels_into(channels: list[_CsegChannel], out: np.ndarray) -> None:
     for ci, channel in enumerate(channels):
-        if channel.library_safe:
+        if channel.library_safe and _cseg_native.AVAILABLE:
+            _cseg_native.decode_channel_into(channel.w, channel.block_xyz, out[ci])
+        elif channel.library_safe:
             out[ci] = channel.decode_with_library()
         else:
             channel.decode_into(out[ci])
-    return out
+
+
+def decode_chunk_into(
+    data: bytes | bytearray | memoryview,
+    out: np.ndarray,
+    enc: ChunkEncoding,
+    key: str = "",
+) -> None:
+    """Decode a whole stored chunk into ``out``, a (c, z, y, x) view of the chunk's
+    clipped shape (typically the chunk's place in a larger output array).
+
+    compressed_segmentation chunks are decoded in place, with the GIL released where the
+    library allows it; other encodings are decoded and copied.
+    """
+    if enc.encoding != "compressed_segmentation" or out.dtype.newbyteorder("=") != out.dtype:
+        out[...] = decode_chunk(data, out.shape, out.dtype, enc, key)
+        return
+    _check_dtype_channels(enc, out.dtype, out.shape[0])
+    try:
+        if memoryview(data).nbytes % 4:
+            raise _cseg_corrupt()
+        words = np.frombuffer(data, "<u4").astype(np.uint32, copy=False)
+        c, z, y, x = out.shape
+        if len(words) < c:
+            raise _cseg_corrupt()
+        offsets = words[:c].astype(np.int64)
+        if (offsets > len(words)).any():
+            raise _cseg_corrupt()
+        if out.size == 0:
+            return
+        channels = [
+            _CsegChannel(words[offsets[ci] :], (z, y, x), enc.block_size, out.dtype)
+            for ci in range(c)
+        ]
+        _cseg_channels_into(channels, out)
+    except _Corrupt as e:
+        raise CorruptDataError(f'Error reading "{key}": {e}' if key else str(e)) from None
 
 
 def _cseg_corrupt() -> _Corrupt:

@@ -21,7 +21,7 @@ import numpy as np
 
 from ._arraylike import ArrayLike
 from ._cseg_slab import decode_cseg_region
-from .codecs import ChunkEncoding, decode_chunk, encode_chunk
+from .codecs import ChunkEncoding, decode_chunk, decode_chunk_into, encode_chunk
 from .errors import InvalidArgumentError, NotFoundError, OutOfRangeError
 from .grid import Box, ChunkGrid, Vec3
 from .storage import ChunkStore, CommitStats, UnshardedChunkStore
@@ -199,6 +199,7 @@ class ScaleHandle:
         consume: Callable[[Vec3, np.ndarray | None], None],
         fill_missing: bool | None = None,
         transient: bool = False,
+        into: Callable[[Vec3], np.ndarray | None] | None = None,
     ) -> None:
         """Deliver each chunk (decoded czyx, or None when missing) to ``consume``.
 
@@ -210,6 +211,10 @@ class ScaleHandle:
         Order: the transaction's dirty chunks, then the cache, then the store, fetched
         concurrently in batches and decoded on the context's thread pool; ``consume`` runs
         on the pool too, so decoding and copying proceed in parallel.
+
+        ``into(pos)`` may name where a stored chunk the cache will not keep belongs (a
+        czyx view of the chunk's shape): it is then decoded straight there, without GIL
+        for compressed_segmentation, and ``consume`` is not called for it.
         """
         if fill_missing is None:
             fill_missing = self.fill_missing_data_reads
@@ -244,6 +249,8 @@ class ScaleHandle:
                         raise self.missing(pos)
                     consume(pos, None)
                     return
+                if self._decoded_into(pos, blob, into):
+                    return
                 chunk = self.decode(pos, blob)
                 cache.put((self.cache_id, pos), chunk, epoch)
                 consume(pos, chunk)
@@ -267,7 +274,10 @@ class ScaleHandle:
                         raise self.missing(pos)
                     consume(pos, None)
                     return
-                chunk = self.decode(pos, self.store.finish(pos, blob))
+                blob = self.store.finish(pos, blob)
+                if self._decoded_into(pos, blob, into):
+                    return
+                chunk = self.decode(pos, blob)
                 cache.put((self.cache_id, pos), chunk, epoch)
                 consume(pos, chunk)
 
@@ -293,6 +303,19 @@ class ScaleHandle:
                 if i + 1 < len(batches):
                     ahead = io.submit(read, batches[i + 1])
                 process(batch, epoch, blobs)
+
+    def _decoded_into(
+        self, pos: Vec3, blob: Any, into: Callable[[Vec3], np.ndarray | None] | None
+    ) -> bool:
+        """Decode ``blob`` straight into ``into(pos)`` when that names a destination and
+        the cache would not keep the chunk anyway; False leaves it to the caller."""
+        if into is None:
+            return False
+        dst = into(pos)
+        if dst is None or self.context.cache.keeps(dst.nbytes):
+            return False
+        decode_chunk_into(blob, dst, self.encoding, key=self.store.describe(pos))
+        return True
 
     def _read_raw_into_scratch(
         self, pos: Vec3, consume: Callable[[Vec3, np.ndarray | None], None]
@@ -367,11 +390,27 @@ class ScaleHandle:
                 chunk[(slice(c0, c1), src[2], src[1], src[0])],
             )
 
+        into = None
         if self._slab_reads:
             cells = self._read_slabs(cells, box, channels, txn, out)
         elif self.encoding.encoding == "compressed_segmentation":
             cells = self._read_cseg_planes(cells, box, channels, txn, out)
-        self.fetch(cells, txn, place, transient=True)
+            if (c0, c1) == (0, self.num_channels):
+
+                def into(pos: Vec3) -> np.ndarray | None:
+                    # A chunk wholly inside the box decodes in place: no chunk-sized
+                    # array to allocate, fill and copy.
+                    cb = self.grid.chunk_box(pos)
+                    if box.intersect(cb) != cb:
+                        return None
+                    return out[
+                        :,
+                        cb.start[2] - box.start[2] : cb.stop[2] - box.start[2],
+                        cb.start[1] - box.start[1] : cb.stop[1] - box.start[1],
+                        cb.start[0] - box.start[0] : cb.stop[0] - box.start[0],
+                    ]
+
+        self.fetch(cells, txn, place, transient=True, into=into)
         return out
 
     def _split_thin(
