@@ -585,6 +585,15 @@ def reading_workloads(
         note=f"ours: {threads} threads calling read(); TensorStore: {n} futures at once",
     )  # fmt: skip
 
+    def ours_batch(v: Any) -> list[np.ndarray]:
+        return precomputed.read_many([v[bx, by, bz, :] for bx, by, bz in boxes])
+
+    bench.workload(
+        group, f"{n} random chunks, batched",
+        sides(ours_batch, ts_conc, None), check, targets.get("random"),
+        note=f"ours: one precomputed.read_many of {n} views; TensorStore: {n} futures at once",
+    )  # fmt: skip
+
 
 def write_workload(
     bench: Bench, group: str, root: Path, vdef: VolumeDef, transaction: bool, target: float

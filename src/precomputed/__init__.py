@@ -4,6 +4,7 @@
 README and docs/ for the spec, URLs, transactions and sharding.
 """
 
+from .batch import read_many
 from .cache import ChunkCache, Context, default_context
 from .dask import store, to_dask
 from .driver import open, open_scales, read_info
@@ -55,6 +56,7 @@ __all__ = [
     "open_kvstore",
     "open_scales",
     "read_info",
+    "read_many",
     "store",
     "to_dask",
 ]
