@@ -105,6 +105,23 @@ class ChunkGrid:
         ):
             yield (x, y, z)
 
+    def axis_spans(self, box: Box) -> list[list[tuple[int, int, int, int, int]]]:
+        """Per axis (x, y, z), the grid cells ``box`` touches as ``(index, chunk start,
+        chunk stop, start, stop)``: the chunk's clipped extent and the box's part of it.
+        A cell's geometry is then three look-ups, with no per-cell box arithmetic."""
+        if box.empty:
+            return [[], [], []]
+        lo, hi = self.cell_range(box)
+        spans = []
+        for d in range(3):
+            o, c, size, a, b = self.voxel_offset[d], self.chunk[d], self.size[d], box.start[d], box.stop[d]
+            axis = []
+            for i in range(lo[d], hi[d]):
+                cs, ce = o + i * c, o + min((i + 1) * c, size)
+                axis.append((i, cs, ce, max(a, cs), min(b, ce)))
+            spans.append(axis)
+        return spans
+
     def cells_array(self, box: Box) -> np.ndarray:
         """Grid cells intersecting ``box`` as an ``(n, 3)`` int64 array, x fastest."""
         if box.empty:

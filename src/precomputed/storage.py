@@ -65,6 +65,10 @@ class CommitStats:
         self.keys.extend(other.keys)
 
 
+#: Chunk keys (and local paths) remembered per store, a few MiB at most.
+_KEY_MEMO = 1 << 16
+
+
 class ChunkStore(ABC):
     """Maps chunk grid positions of one scale to encoded bytes in a kvstore."""
 
@@ -122,9 +126,16 @@ class UnshardedChunkStore(ChunkStore):
     def __init__(self, kvstore: KvStore, prefix: str, grid: ChunkGrid) -> None:
         super().__init__(kvstore, prefix, grid)
         self._try_gz_suffix = kvstore.url.startswith(("file://", "memory://"))
+        self._keys: dict[Vec3, str] = {}
 
     def key(self, pos: Vec3) -> str:
-        return join_key(self.prefix, self.grid.chunk_name(pos))
+        # Remembered: plane reads ask for the same few hundred keys again and again.
+        key = self._keys.get(pos)
+        if key is None:
+            if len(self._keys) >= _KEY_MEMO:
+                self._keys.clear()
+            key = self._keys[pos] = join_key(self.prefix, self.grid.chunk_name(pos))
+        return key
 
     def describe(self, pos: Vec3) -> str:
         return self.key(pos)

@@ -610,68 +610,73 @@ class ScaleHandle:
         ranged read did not give raw bytes, e.g. a missing or gzip-compressed chunk)."""
         c0, c1 = channels
         cache = self.context.cache
+        use_cache = cache.total_bytes_limit > 0
         every_channel = (c0, c1) == (0, self.num_channels)
-        whole, slabs = self._split_thin(
-            cells, box, txn, lambda cb, i: i.shape[2] < cb.shape[2] or not every_channel
-        )
-        if not slabs:
-            return whole
-        isz = self.dtype.itemsize
+        cid, key_of, isz = self.cache_id, self.store.key, self.dtype.itemsize  # type: ignore[attr-defined]
         le = self.dtype.newbyteorder("<")
+        xs, ys, zs = self.grid.axis_spans(box)
+        bx, by, bz = box.start
         epoch = cache.epoch  # before reading: a racing write must not be undone
+        # Geometry comes from per-axis spans and plain integers: this loop runs once per
+        # chunk of a plane (256 for a 1024^2 plane of 64^3 chunks), so it is kept lean.
+        whole: list[Vec3] = []
+        requests: list[tuple[str, int, int]] = []
+        # (pos, slab cache key, cached slab or None, slab shape, destination, source)
+        jobs: list[tuple[Any, ...]] = []
+        for iz, zc0, zc1, za, zb in zs:
+            nzc = zc1 - zc0
+            thin = zb - za < nzc or not every_channel
+            z0, z1 = za - zc0, zb - zc0
+            dz = slice(za - bz, zb - bz)
+            for iy, yc0, yc1, ya, yb in ys:
+                ny = yc1 - yc0
+                sy, dy = slice(ya - yc0, yb - yc0), slice(ya - by, yb - by)
+                for ix, xc0, xc1, xa, xb in xs:
+                    pos = (ix, iy, iz)
+                    if (
+                        not thin
+                        or (txn is not None and txn.get(self, pos) is not None)
+                        or (use_cache and (cid, pos) in cache)
+                    ):
+                        whole.append(pos)  # read whole: cheaper, cached or buffered
+                        continue
+                    nx = xc1 - xc0
+                    plane = ny * nx * isz
+                    key = key_of(pos)
+                    dst = (dz, dy, slice(xa - bx, xb - bx))
+                    src = (sy, slice(xa - xc0, xb - xc0))
+                    for c in range(c0, c1):
+                        ck = (cid, pos, "slab", z0, z1, c)
+                        hit = cache.get(ck) if use_cache else None
+                        if hit is None:
+                            base = c * nzc
+                            requests.append((key, (base + z0) * plane, (base + z1) * plane))
+                        jobs.append((pos, ck, hit, (z1 - z0, ny, nx), (c - c0, *dst), src))
+        if not jobs:
+            return whole
+        blobs = iter(self.store.kvstore.read_ranges(requests) if requests else [])
         # Slabs are cached per chunk, z-range and channel, so napari re-reading the same
         # plane costs nothing; writes drop them with the chunk (invalidate_positions).
-        found: dict[tuple[Any, ...], np.ndarray] = {}
-        requests = []
-        wanted: list[tuple[Any, ...]] = []
-        for pos, cb, inter in slabs:
-            x, y, z = cb.shape
-            z0, z1 = inter.start[2] - cb.start[2], inter.stop[2] - cb.start[2]
-            key = self.store.key(pos)  # type: ignore[attr-defined]
-            for c in range(c0, c1):
-                ck = (self.cache_id, pos, "slab", z0, z1, c)
-                hit = cache.get(ck)
-                if hit is not None:
-                    found[ck] = hit
+        missing: set[Vec3] = set()
+        failed: set[Vec3] = set()
+        for pos, ck, slab, shape, dst, src in jobs:
+            if slab is None:
+                blob = next(blobs)
+                if blob is None:
+                    missing.add(pos)
                     continue
-                plane = (c * z) * y * x
-                requests.append((key, (plane + z0 * y * x) * isz, (plane + z1 * y * x) * isz))
-                wanted.append(ck)
-        blobs = self.store.kvstore.read_ranges(requests) if requests else []
-        by_key = dict(zip(wanted, blobs, strict=True))
-        missing: list[Vec3] = []
-        for pos, cb, inter in slabs:
-            x, y, z = cb.shape
-            nz = inter.shape[2]
-            z0 = inter.start[2] - cb.start[2]
-            keys = [(self.cache_id, pos, "slab", z0, z0 + nz, c) for c in range(c0, c1)]
-            parts: list[np.ndarray] = []
-            if any(by_key.get(ck, b"") is None for ck in keys):
-                missing.append(pos)
-                continue
-            for ck in keys:
-                if ck in found:
-                    parts.append(found[ck])
+                if len(blob) != shape[0] * shape[1] * shape[2] * isz:
+                    failed.add(pos)  # gzip or short: the whole-chunk path decides
                     continue
-                blob = by_key[ck]
-                if blob is None or len(blob) != nz * y * x * isz:
-                    break  # missing, gzip or short: the whole-chunk path decides
-                slab = np.frombuffer(blob, le).reshape(nz, y, x)
-                cache.partial_owners.add(self.cache_id)
-                cache.put(ck, slab, epoch)
-                parts.append(slab)
-            if len(parts) != len(keys):
-                whole.append(pos)
-                continue
-            sy = slice(inter.start[1] - cb.start[1], inter.stop[1] - cb.start[1])
-            sx = slice(inter.start[0] - cb.start[0], inter.stop[0] - cb.start[0])
-            dz = slice(inter.start[2] - box.start[2], inter.stop[2] - box.start[2])
-            dy = slice(inter.start[1] - box.start[1], inter.stop[1] - box.start[1])
-            dx = slice(inter.start[0] - box.start[0], inter.stop[0] - box.start[0])
-            for c, slab in enumerate(parts):
-                copy_rows(out[c, dz, dy, dx], slab[:, sy, sx])
+                slab = np.frombuffer(blob, le).reshape(shape)
+                if use_cache:
+                    cache.partial_owners.add(cid)
+                    cache.put(ck, slab, epoch)
+            copy_rows(out[dst], slab[(slice(None), *src)])
+        # Chunks read whole below overwrite anything their slabs placed.
+        whole.extend(failed - missing)
         if missing:
-            whole.extend(self._confirm_missing(missing, txn, epoch))
+            whole.extend(self._confirm_missing(sorted(missing), txn, epoch))
         return whole
 
     def _confirm_missing(

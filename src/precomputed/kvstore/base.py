@@ -43,6 +43,11 @@ def coalesce_ranges(
         else:
             by_key.setdefault(k, []).append(i)
     for k, idx in by_key.items():
+        if len(idx) == 1:  # nothing to merge with (the common case): no sorting
+            (i,) = idx
+            merged.append(requests[i])
+            parts.append((requests[i][1], idx))
+            continue
         idx.sort(key=lambda i: requests[i][1])
         run: list[int] = []
         lo = hi = 0

@@ -63,6 +63,10 @@ def _pread_all(fd: int, n: int, offset: int) -> bytes:
     return b"".join(parts)
 
 
+#: Validated key -> path entries kept per store (cleared when full).
+_PATH_MEMO = 1 << 16
+
+
 def _generation(st: os.stat_result) -> Generation:
     return f"{st.st_mtime_ns}:{st.st_ino}:{st.st_size}"
 
@@ -80,6 +84,8 @@ class FileKvStore(KvStore):
         self.fsync = fsync
         if concurrency is not None:
             self.concurrency = concurrency
+        # Validated key -> path: small reads of the same chunks repeat the same keys.
+        self._paths: dict[str, str] = {}
 
     @property
     def url(self) -> str:
@@ -95,10 +101,15 @@ class FileKvStore(KvStore):
         return f"FileKvStore({self.root!r})"
 
     def _path(self, key: str) -> str:
-        check_key(key)
-        if key.endswith(LOCK_SUFFIX):
-            raise InvalidArgumentError(f"invalid key {key!r}: {LOCK_SUFFIX!r} is reserved")
-        return os.path.join(self.root, *key.split("/"))
+        path = self._paths.get(key)
+        if path is None:
+            check_key(key)
+            if key.endswith(LOCK_SUFFIX):
+                raise InvalidArgumentError(f"invalid key {key!r}: {LOCK_SUFFIX!r} is reserved")
+            if len(self._paths) >= _PATH_MEMO:
+                self._paths.clear()
+            path = self._paths[key] = os.path.join(self.root, *key.split("/"))
+        return path
 
     # -- reads ----------------------------------------------------------------------
     def _read(self, key: str) -> bytes | None:
@@ -118,6 +129,13 @@ class FileKvStore(KvStore):
         except _MISSING:
             return [None] * len(ranges)
         try:
+            if all(stop is not None and 0 <= start < stop for start, stop in ranges):
+                # Explicit ranges need no size: pread stops at the end of the file, and
+                # on a directory (not a key) it fails.
+                try:
+                    return [_pread_all(fd, b - a, a) for a, b in ranges]  # type: ignore[operator]
+                except IsADirectoryError:
+                    return [None] * len(ranges)
             st = os.fstat(fd)
             if stat.S_ISDIR(st.st_mode):  # a directory is not a key
                 return [None] * len(ranges)
