@@ -17,6 +17,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import mmh3
@@ -30,6 +31,7 @@ __all__ = [
     "ShardingSpec",
     "morton_bits",
     "compressed_morton_codes",
+    "placement_of",
     "decode_morton_codes",
     "hash_chunk_ids",
     "shard_and_minishard",
@@ -228,6 +230,28 @@ def compressed_morton_codes(grid_positions: np.ndarray, bits: Sequence[int]) -> 
     for j, (d, i) in enumerate(_morton_schedule(bits)):
         out |= ((pos[:, d] >> np.uint64(i)) & one) << np.uint64(j)
     return out
+
+
+def placement_of(pos: Sequence[int], bits: Sequence[int], spec: ShardingSpec) -> tuple[int, int, int]:
+    """``(chunk id, shard, minishard)`` of one 0-based grid position, in plain integers:
+    the same as :func:`compressed_morton_codes` then :func:`shard_and_minishard`, without
+    the ~0.1 ms of numpy set-up that dominates a single-chunk read."""
+    code = 0
+    for j, (d, i) in enumerate(_morton_schedule_cached(tuple(bits))):
+        code |= ((int(pos[d]) >> i) & 1) << j
+    hashed = code >> spec.preshift_bits if spec.preshift_bits < 64 else 0
+    if spec.hash != "identity":
+        digest = mmh3.mmh3_x86_128_digest(hashed.to_bytes(8, "little"), 0)
+        hashed = int.from_bytes(digest[:8], "little")
+    combined = hashed & ((1 << (spec.minishard_bits + spec.shard_bits)) - 1)
+    minishard = combined & ((1 << spec.minishard_bits) - 1)
+    shard = combined >> spec.minishard_bits if spec.minishard_bits < 64 else 0
+    return code, shard & ((1 << spec.shard_bits) - 1), minishard
+
+
+@lru_cache(maxsize=64)
+def _morton_schedule_cached(bits: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
+    return tuple(_morton_schedule(bits))
 
 
 def decode_morton_codes(ids: np.ndarray, bits: Sequence[int]) -> np.ndarray:

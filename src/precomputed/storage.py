@@ -250,6 +250,10 @@ class ShardedChunkStore(ChunkStore):
 
     def placement(self, positions: Sequence[Vec3]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Chunk ids, shard numbers and minishard numbers of ``positions``."""
+        if len(positions) <= 8:  # a few chunks: integer arithmetic beats numpy's set-up
+            got = [sh.placement_of(p, self.bits, self.spec) for p in positions]
+            cols = list(zip(*got, strict=True)) or [(), (), ()]
+            return tuple(np.array(c, np.uint64) for c in cols)  # type: ignore[return-value]
         ids = self.chunk_ids(positions)
         shards, minishards = sh.shard_and_minishard(ids, self.spec)  # hashes internally
         return ids, shards, minishards

@@ -29,6 +29,7 @@ from precomputed.sharding import (
     is_rectangular,
     minishard_shape_in_chunks,
     morton_bits,
+    placement_of,
     shard_and_minishard,
     shard_filename,
     shard_origin_in_chunks,
@@ -270,6 +271,30 @@ def test_shard_and_minishard_masks() -> None:
     full = ShardingSpec(0, "identity", 32, 32)
     shard, minishard = shard_and_minishard(np.array([2**64 - 1], np.uint64), full)
     assert shard.tolist() == [2**32 - 1] and minishard.tolist() == [2**32 - 1]
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        ShardingSpec(0, "identity", 2, 3),
+        ShardingSpec(1, "murmurhash3_x86_128", 2, 3),
+        ShardingSpec(5, "murmurhash3_x86_128", 0, 7),
+        ShardingSpec(64, "murmurhash3_x86_128", 4, 4),
+        ShardingSpec(0, "identity", 32, 32),
+        ShardingSpec(3, "identity", 0, 0),
+    ],
+)
+@pytest.mark.parametrize("grid", [(7, 300, 2), (1, 1, 1), (2**21, 2**21, 2**21)])
+def test_placement_of_one_position_equals_the_vectorised_path(
+    spec: ShardingSpec, grid: tuple[int, int, int]
+) -> None:
+    bits = morton_bits(grid, (1, 1, 1))
+    rng = np.random.default_rng(sum(grid))
+    pos = np.stack([rng.integers(0, g, 200) for g in grid], axis=1)
+    ids = compressed_morton_codes(pos, bits)
+    shards, minis = shard_and_minishard(ids, spec)
+    got = [placement_of(tuple(p), bits, spec) for p in pos.tolist()]
+    assert got == list(zip(ids.tolist(), shards.tolist(), minis.tolist(), strict=True))
 
 
 @pytest.mark.parametrize(
