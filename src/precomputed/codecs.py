@@ -1101,6 +1101,16 @@ def decode_chunk_into(
         raise CorruptDataError(f'Error reading "{key}": {e}' if key else str(e)) from None
 
 
+@lru_cache(maxsize=64)
+def _cseg_encoded_words(bvol: int) -> np.ndarray:
+    """Encoded words of a block per bit width 0..32, and 2^62 (never fits) for the
+    invalid widths and for index 33 (every width above 32)."""
+    words = np.full(34, 1 << 62, np.int64)
+    for b in (0, 1, 2, 4, 8, 16, 32):
+        words[b] = (b * bvol + 31) // 32
+    return words
+
+
 def _cseg_corrupt() -> _Corrupt:
     return _Corrupt("Corrupted Neuroglancer compressed segmentation")
 
@@ -1121,28 +1131,29 @@ class _CsegChannel:
         n = len(w)
         if n < 2 * nb:
             raise _cseg_corrupt()
-        hdr = w[: 2 * nb].astype(np.int64)
-        self.table_offset = hdr[0::2] & 0xFFFFFF
-        self.bits = bits = hdr[0::2] >> 24
-        self.value_offset = hdr[1::2] & 0xFFFFFF  # TensorStore reads only 24 bits here
+        # Few, whole-array numpy steps: this runs for every chunk decoded.
+        hdr = w[: 2 * nb].astype(np.int64).reshape(nb, 2)
+        first, second = hdr[:, 0], hdr[:, 1]
+        self.table_offset = first & 0xFFFFFF
+        self.bits = bits = first >> 24
+        self.value_offset = second & 0xFFFFFF  # TensorStore reads only 24 bits here
         self.wpv = dtype.itemsize // 4  # 32-bit words per label
-        self.bvol = int(np.prod(self.block, dtype=object))
-        enc_words = (bits * min(self.bvol, 1 << 57) + 31) // 32  # clamp: no int64 overflow
+        self.bvol = math.prod(self.block)
         self.table_size = table_size = (n - self.table_offset) // self.wpv
+        # Valid bit widths map to their encoded words; anything else to 2^62 (never fits).
+        enc_words = _cseg_encoded_words(min(self.bvol, 1 << 57))[np.minimum(bits, 33)]
         if (
-            not _CSEG_VALID_BITS[bits].all()
-            or (self.value_offset > n).any()
-            or (self.table_offset > n).any()
-            or (enc_words > n - self.value_offset).any()
-            or ((bits == 0) & (table_size == 0)).any()
+            int((self.value_offset + enc_words).max()) > n
+            or int(self.table_offset.max()) > n
+            or (table_size[bits == 0] == 0).any()
         ):
             raise _cseg_corrupt()
         # Indices must be < table_size at positions inside the chunk; only blocks whose bit
-        # width can express a larger index need looking at (usually the last few tables).
+        # width can express a larger index need looking at (usually just the last table).
         self.clamp_rows = np.zeros(0, np.int64)
-        risky = (bits > 0) & ((np.int64(1) << bits) > table_size)
-        if risky.any():
-            rows = np.nonzero(risky)[0]
+        risky = np.flatnonzero((np.int64(1) << bits) > np.maximum(table_size, 1))
+        if len(risky):
+            rows = risky
             idx = self._indices(rows)
             bad = idx >= table_size[rows][:, None]
             if bad.any():
@@ -1151,12 +1162,20 @@ class _CsegChannel:
                 self.clamp_rows = rows
         # The library misdecodes 32-bit blocks (it computes `1 << bits` in int) and reads the
         # encoded-values offset as 32 bits, so those channels take the numpy path.
-        self.library_safe = not (bits == 32).any() and not (hdr[1::2] >> 24).any()
+        self.library_safe = int(bits.max()) < 32 and int(second.max()) < 1 << 24
 
     def _indices(self, rows: np.ndarray) -> np.ndarray:
         """Lookup-table indices of the chunk-reachable positions of ``rows`` (uint32)."""
         w, bits = self.w, self.bits[rows]
         loc = _cseg_local_positions(self.extent, self.block)[0]
+        if len(rows) == 1 and len(loc) == self.bvol and bits[0] > 0:
+            # The usual case (only the last table can be short): one block, few steps.
+            b = int(bits[0])
+            start = int(self.value_offset[rows[0]])
+            words = w[start : start + (b * self.bvol + 31) // 32]
+            shifts = np.arange(0, 32, b, dtype=np.uint32)
+            unpacked = (words[:, None] >> shifts) & np.uint32((1 << b) - 1)
+            return unpacked.reshape(1, -1)[:, : self.bvol]
         if len(loc) == self.bvol and (bits > 0).all():
             # Whole blocks lie in the chunk: unpack each block's contiguous encoded words.
             out = np.empty((len(rows), self.bvol), np.uint32)

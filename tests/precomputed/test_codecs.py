@@ -908,10 +908,16 @@ def test_interop_compressed_segmentation_32_bit_block(ts, tmp_path):
     )
 
 
-def test_interop_compressed_segmentation_corrupt_chunks_fail_like_tensorstore(ts, tmp_path):
+@pytest.mark.parametrize(
+    "chunk, block",
+    [((4, 3, 2), (2, 2, 1)), ((4, 4, 4), (2, 2, 2))],  # partial blocks; whole blocks only
+)
+def test_interop_compressed_segmentation_corrupt_chunks_fail_like_tensorstore(
+    ts, tmp_path, chunk, block
+):
     """Mutated chunk files: TensorStore and we must agree on failure, and on data if read."""
-    size, chunk, block = (4 * 6, 3 * 6, 2), (4, 3, 2), (2, 2, 1)
-    base = random_chunk(np.random.default_rng(0), "uint64", (4, 3, 2, 1), nlabels=5)
+    size = (chunk[0] * 6, chunk[1] * 6, chunk[2])
+    base = random_chunk(np.random.default_rng(0), "uint64", (*chunk, 1), nlabels=5)
     store = ts_create(
         ts,
         tmp_path,
@@ -946,11 +952,11 @@ def test_interop_compressed_segmentation_corrupt_chunks_fail_like_tensorstore(ts
         except Exception as e:  # TensorStore raises ValueError
             assert CSEG_MESSAGE in str(e)
             with pytest.raises(CorruptDataError, match=CSEG_MESSAGE):
-                decode_chunk(data, (1, 2, 3, 4), np.uint64, cseg(*block))
+                decode_chunk(data, (1, *reversed(chunk)), np.uint64, cseg(*block))
             agree["corrupt"] += 1
         else:
             np.testing.assert_array_equal(
-                decode_chunk(data, (1, 2, 3, 4), np.uint64, cseg(*block)), expected
+                decode_chunk(data, (1, *reversed(chunk)), np.uint64, cseg(*block)), expected
             )
             agree["ok"] += 1
     assert agree["ok"] and agree["corrupt"]
