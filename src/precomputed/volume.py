@@ -239,6 +239,8 @@ class ScaleHandle:
             direct = transient and self.encoding.encoding == "raw"
 
             def local(pos: Vec3) -> None:
+                if direct and into is not None and self._read_raw_into(pos, into(pos)):
+                    return
                 if direct and self._read_raw_into_scratch(pos, consume):
                     return
                 epoch = cache.epoch
@@ -316,6 +318,19 @@ class ScaleHandle:
             return False
         decode_chunk_into(blob, dst, self.encoding, key=self.store.describe(pos))
         return True
+
+    def _read_raw_into(self, pos: Vec3, dst: np.ndarray | None) -> bool:
+        """Read a raw chunk file straight into ``dst`` (its place in the caller's output)
+        when that is one contiguous stretch of memory in the stored byte order and the
+        cache would not keep the chunk; False when not (the caller reads it otherwise)."""
+        if (
+            dst is None
+            or not dst.flags.c_contiguous
+            or dst.dtype != dst.dtype.newbyteorder("<")  # chunks are stored little-endian
+            or self.context.cache.keeps(dst.nbytes)
+        ):
+            return False
+        return self.kvstore.read_into(self.store.key(pos), dst) is True  # type: ignore[attr-defined]
 
     def _read_raw_into_scratch(
         self, pos: Vec3, consume: Callable[[Vec3, np.ndarray | None], None]

@@ -175,3 +175,32 @@ def test_over_http_all_chunk_requests_are_in_flight_together(
     assert http_server.max_in_flight >= 8
     for v, arr in zip(views, got, strict=True):
         np.testing.assert_array_equal(arr, v.read())
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "float32"])
+def test_whole_raw_chunks_are_read_straight_into_the_results(
+    tmp_path: Path, dtype: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from precomputed.volume import ScaleHandle
+
+    kv = {"driver": "file", "path": str(tmp_path / "v")}
+    data = filled(kv, "raw", dtype, channels=2)
+    direct: list[bool] = []
+    original = ScaleHandle._read_raw_into
+
+    def spy(self: Any, pos: Any, dst: Any) -> bool:
+        direct.append(original(self, pos, dst))
+        return direct[-1]
+
+    monkeypatch.setattr(ScaleHandle, "_read_raw_into", spy)
+    vol = precomputed.open(spec(kv, "raw", dtype, 2), context=Context(cache_bytes=0))
+    # Whole chunks (the edge one clipped to 8 x 16 x 4), (0, 0, 0) missing, and one cut.
+    boxes = [(16, 32, 0, 16, 0, 8), (0, 16, 16, 32, 8, 16), (32, 40, 16, 32, 16, 20),
+             (0, 16, 0, 16, 0, 8), (20, 36, 16, 32, 0, 8)]  # fmt: skip
+    views = [vol[x0:x1, y0:y1, z0:z1, :] for x0, x1, y0, y1, z0, z1 in boxes]
+    got = precomputed.read_many(views)
+    for (x0, x1, y0, y1, z0, z1), arr in zip(boxes, got, strict=True):
+        np.testing.assert_array_equal(arr, data[x0:x1, y0:y1, z0:z1, :])
+    # The three stored whole chunks went straight into their results; the missing one and
+    # the two the last view cuts did not.
+    assert direct.count(True) == 3
