@@ -80,8 +80,13 @@ class ChunkGrid:
 
     def chunk_name(self, pos: Vec3) -> str:
         """Unsharded chunk file name ``x0-x1_y0-y1_z0-z1`` (absolute coordinates)."""
-        b = self.chunk_box(pos)
-        return "_".join(f"{a}-{e}" for a, e in zip(b.start, b.stop, strict=True))
+        (o0, o1, o2), (c0, c1, c2), (s0, s1, s2) = self.voxel_offset, self.chunk, self.size
+        g0, g1, g2 = pos
+        return (
+            f"{o0 + g0 * c0}-{o0 + min((g0 + 1) * c0, s0)}_"
+            f"{o1 + g1 * c1}-{o1 + min((g1 + 1) * c1, s1)}_"
+            f"{o2 + g2 * c2}-{o2 + min((g2 + 1) * c2, s2)}"
+        )
 
     def cell_range(self, box: Box) -> tuple[Vec3, Vec3]:
         """Grid cells ``[lo, hi)`` that intersect ``box`` (absolute voxel coordinates)."""

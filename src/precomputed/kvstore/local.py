@@ -108,7 +108,7 @@ class FileKvStore(KvStore):
                 raise InvalidArgumentError(f"invalid key {key!r}: {LOCK_SUFFIX!r} is reserved")
             if len(self._paths) >= _PATH_MEMO:
                 self._paths.clear()
-            path = self._paths[key] = os.path.join(self.root, *key.split("/"))
+            path = self._paths[key] = os.path.join(self.root, key.replace("/", os.sep))
         return path
 
     # -- reads ----------------------------------------------------------------------
