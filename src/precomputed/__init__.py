@@ -4,6 +4,7 @@
 README and docs/ for the spec, URLs, transactions and sharding.
 """
 
+from ._recycle import set_recycling_limit
 from .batch import read_many
 from .cache import ChunkCache, Context, default_context
 from .dask import store, to_dask
@@ -57,6 +58,7 @@ __all__ = [
     "open_scales",
     "read_info",
     "read_many",
+    "set_recycling_limit",
     "store",
     "to_dask",
 ]

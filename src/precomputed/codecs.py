@@ -28,7 +28,7 @@ import compressed_segmentation as _cseg_lib
 import numpy as np
 from PIL import Image
 
-from precomputed import _cseg_native, _deflate
+from precomputed import _cseg_native, _deflate, _recycle
 from precomputed.errors import CorruptDataError, InvalidArgumentError
 
 __all__ = [
@@ -1049,7 +1049,7 @@ def _cseg_decode(data, shape: tuple[int, int, int, int], dtype: np.dtype, block_
     if c == 1 and channels[0].library_safe and not _cseg_native.AVAILABLE:
         data = data if type(data) is bytes and offsets[0] == 1 else None
         return channels[0].decode_with_library(data).reshape(shape)
-    out = np.empty(shape, dtype)
+    out = _recycle.empty(shape, dtype)
     _cseg_channels_into(channels, out)
     return out
 

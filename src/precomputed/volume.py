@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import _recycle
 from ._arraylike import ArrayLike
 from ._cseg_slab import decode_cseg_region
 from .codecs import ChunkEncoding, decode_chunk, decode_chunk_into, encode_chunk
@@ -385,7 +386,7 @@ class ScaleHandle:
             and (txn is None or txn.get(self, cells[0]) is None)
         ):
             return self._read_one_chunk(cells[0], txn)
-        out = np.zeros(shape, self.dtype)
+        out = _recycle.zeros(shape, self.dtype)
 
         def place(pos: Vec3, chunk: np.ndarray | None) -> None:
             if chunk is None:
@@ -437,7 +438,8 @@ class ScaleHandle:
         # Every voxel of a box lies in one of its chunks, which fill it or (missing) zero it:
         # no need to zero whole outputs first, which costs a memset each.
         outs = [
-            np.empty((c1 - c0, *reversed(box.shape)), self.dtype) for box, (c0, c1) in requests
+            _recycle.empty((c1 - c0, *reversed(box.shape)), self.dtype)
+            for box, (c0, c1) in requests
         ]
         users: dict[Vec3, list[int]] = {}
         for i, (box, _) in enumerate(requests):
@@ -590,7 +592,7 @@ class ScaleHandle:
             and not self.context.cache.keeps(math.prod(shape) * self.dtype.itemsize)
         ):
             # Read the file straight into the array we return: one allocation, one copy.
-            arr = np.empty(shape, self.dtype)
+            arr = _recycle.empty(shape, self.dtype)
             if self.kvstore.read_into(self.store.key(pos), arr) is True:
                 return arr
         got: list[np.ndarray | None] = []
