@@ -102,22 +102,27 @@ def _take(size: int) -> np.ndarray | None:
 
 def empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     """An uninitialised C-contiguous array, in recycled memory when its size suits."""
+    return _array(shape, dtype, zero=False)
+
+
+def zeros(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """A zero-filled array: recycled memory cleared (a memset of warm pages costs far
+    less than faulting in fresh ones), or fresh zero pages from the system."""
+    return _array(shape, dtype, zero=True)
+
+
+def _array(shape: tuple[int, ...], dtype: Any, zero: bool) -> np.ndarray:
     dtype = np.dtype(dtype)
     shape = tuple(int(s) for s in shape)
     size = dtype.itemsize
     for s in shape:
         size *= s
+    new = np.zeros if zero else np.empty
     if not MIN_BYTES <= size <= MAX_BYTES or _limit == 0 or dtype.hasobject or dtype.fields:
-        return np.empty(shape, dtype)
+        return new(shape, dtype)
     buf = _take(size)
     if buf is None:
-        buf = np.empty(size, np.uint8)
+        buf = new(size, np.uint8)  # calloc'd zero pages need no clearing
+    elif zero:
+        buf.fill(0)
     return np.asarray(_Lease(buf, shape, dtype))
-
-
-def zeros(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-    """A zero-filled :func:`empty`: a memset of warm pages costs far less than faulting
-    in fresh ones."""
-    arr = empty(shape, dtype)
-    arr.fill(0)
-    return arr
