@@ -28,7 +28,9 @@ MIN_BYTES = 256 << 10
 #: Larger arrays are rare and get transparent huge pages from numpy.
 MAX_BYTES = 64 << 20
 
-_lock = threading.Lock()
+# Re-entrant: a lease collected by the garbage collector while this thread holds the
+# lock (any allocation can trigger a collection) gives its buffer back from inside.
+_lock = threading.RLock()
 _idle: dict[int, list[np.ndarray]] = {}
 _idle_bytes = 0
 _limit = 256 << 20
