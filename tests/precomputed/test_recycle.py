@@ -116,3 +116,13 @@ def test_read_results_stay_intact_while_later_reads_recycle(memory_store: Memory
         precomputed.read_many([vol[64:128, :, :, :], vol[0:64, :, :, :]])
     np.testing.assert_array_equal(kept, data[0:64])
     assert _recycle.idle_bytes() > 0
+
+
+def test_a_lease_freed_while_the_pool_is_locked_does_not_deadlock() -> None:
+    """The garbage collector can free a lease at any allocation, also inside the pool's
+    own locked section on the same thread."""
+    a = _recycle.empty(CHUNK, np.uint64)
+    with _recycle._lock:
+        del a
+        gc.collect()
+    assert _recycle.idle_bytes() == 2 << 20
