@@ -61,6 +61,12 @@ def _map_in_groups(pool: Any, fn: Callable[[Any], None], items: list[Any], threa
         f.result()
 
 
+def _zyx(part: Box, origin: Box) -> tuple[slice, slice, slice]:
+    """The (z, y, x) slices of ``part`` in an array laid out over ``origin``."""
+    (a0, a1, a2), (b0, b1, b2), (o0, o1, o2) = part.start, part.stop, origin.start
+    return slice(a2 - o2, b2 - o2), slice(a1 - o1, b1 - o1), slice(a0 - o0, b0 - o0)
+
+
 def copy_rows(dst: np.ndarray, src: np.ndarray) -> None:
     """``dst[...] = src``, moving each innermost row as one opaque item when both rows are
     contiguous: numpy's per-row overhead otherwise dominates for chunk-sized rows (a 64-byte
@@ -393,22 +399,11 @@ class ScaleHandle:
                 return  # already zero
             cb = self.grid.chunk_box(pos)
             inter = box.intersect(cb)
-            src = tuple(
-                slice(a - s, b - s)
-                for a, b, s in zip(inter.start, inter.stop, cb.start, strict=True)
-            )
-            dst = tuple(
-                slice(a - s, b - s)
-                for a, b, s in zip(inter.start, inter.stop, box.start, strict=True)
-            )
-            copy_rows(
-                out[(slice(None), dst[2], dst[1], dst[0])],
-                chunk[(slice(c0, c1), src[2], src[1], src[0])],
-            )
+            copy_rows(out[(slice(None), *_zyx(inter, box))], chunk[(slice(c0, c1), *_zyx(inter, cb))])
 
         into = None
         if self._slab_reads:
-            cells = self._read_slabs(cells, box, channels, txn, out)
+            cells = self._read_slabs(box, channels, txn, out)
         elif self.encoding.encoding == "compressed_segmentation":
             cells = self._read_cseg_planes(cells, box, channels, txn, out)
             if (c0, c1) == (0, self.num_channels):
@@ -419,12 +414,7 @@ class ScaleHandle:
                     cb = self.grid.chunk_box(pos)
                     if box.intersect(cb) != cb:
                         return None
-                    return out[
-                        :,
-                        cb.start[2] - box.start[2] : cb.stop[2] - box.start[2],
-                        cb.start[1] - box.start[1] : cb.stop[1] - box.start[1],
-                        cb.start[0] - box.start[0] : cb.stop[0] - box.start[0],
-                    ]
+                    return out[(slice(None), *_zyx(cb, box))]
 
         self.fetch(cells, txn, place, transient=True, into=into)
         return out
@@ -452,24 +442,11 @@ class ScaleHandle:
             for i in users[pos]:
                 box, (c0, c1) = requests[i]
                 inter = box.intersect(cb)
-                dst = outs[i][
-                    :,
-                    inter.start[2] - box.start[2] : inter.stop[2] - box.start[2],
-                    inter.start[1] - box.start[1] : inter.stop[1] - box.start[1],
-                    inter.start[0] - box.start[0] : inter.stop[0] - box.start[0],
-                ]
+                dst = outs[i][(slice(None), *_zyx(inter, box))]
                 if chunk is None:
                     dst[...] = 0  # missing: the fill value
                     continue
-                copy_rows(
-                    dst,
-                    chunk[
-                        c0:c1,
-                        inter.start[2] - cb.start[2] : inter.stop[2] - cb.start[2],
-                        inter.start[1] - cb.start[1] : inter.stop[1] - cb.start[1],
-                        inter.start[0] - cb.start[0] : inter.stop[0] - cb.start[0],
-                    ],
-                )
+                copy_rows(dst, chunk[(slice(c0, c1), *_zyx(inter, cb))])
 
         def into(pos: Vec3) -> np.ndarray | None:
             # A chunk only one box needs, all of it and all channels: decode in place.
@@ -479,12 +456,7 @@ class ScaleHandle:
             box, cb = requests[i][0], self.grid.chunk_box(pos)
             if box.intersect(cb) != cb:
                 return None
-            return outs[i][
-                :,
-                cb.start[2] - box.start[2] : cb.stop[2] - box.start[2],
-                cb.start[1] - box.start[1] : cb.stop[1] - box.start[1],
-                cb.start[0] - box.start[0] : cb.stop[0] - box.start[0],
-            ]
+            return outs[i][(slice(None), *_zyx(cb, box))]
 
         self.fetch(list(users), txn, place, transient=True, into=into)
         return outs
@@ -568,11 +540,8 @@ class ScaleHandle:
                 blob, self.chunk_shape(pos), self.dtype, block, zs, ys, channels,  # type: ignore[arg-type]
                 key=self.store.describe(pos),
             )  # fmt: skip
-            sx = slice(inter.start[0] - cb.start[0], inter.stop[0] - cb.start[0])
-            dst = tuple(
-                slice(a - s, b - s) for a, b, s in zip(inter.start, inter.stop, box.start, strict=True)
-            )
-            copy_rows(out[:, dst[2], dst[1], dst[0]], got[:, :, :, sx])
+            sx = _zyx(inter, cb)[2]
+            copy_rows(out[(slice(None), *_zyx(inter, box))], got[:, :, :, sx])
 
         # On this thread: each is a fraction of a millisecond of small numpy steps, which
         # threads would only contend for (measured slower on two).
@@ -616,15 +585,14 @@ class ScaleHandle:
 
     def _read_slabs(
         self,
-        cells: list[Vec3],
         box: Box,
         channels: tuple[int, int],
         txn: Transaction | None,
         out: np.ndarray,
     ) -> list[Vec3]:
         """Fill ``out`` from byte ranges of chunks the box covers only partly in z (or in
-        channels); returns the cells still to read whole (covered, cached, dirty, or whose
-        ranged read did not give raw bytes, e.g. a missing or gzip-compressed chunk)."""
+        channels); returns the box's cells still to read whole (covered, cached, dirty, or
+        whose ranged read did not give raw bytes, e.g. a missing or gzip-compressed chunk)."""
         c0, c1 = channels
         cache = self.context.cache
         use_cache = cache.total_bytes_limit > 0
@@ -760,16 +728,8 @@ class ScaleHandle:
             for pos in members:
                 cb = self.grid.chunk_box(pos)
                 inter = box.intersect(cb)
-                dst = tuple(
-                    slice(a - s, b - s)
-                    for a, b, s in zip(inter.start, inter.stop, cb.start, strict=True)
-                )
-                src = tuple(
-                    slice(a - s, b - s)
-                    for a, b, s in zip(inter.start, inter.stop, box.start, strict=True)
-                )
-                chunks[pos][(slice(c0, c1), dst[2], dst[1], dst[0])] = value_czyx[
-                    (slice(None), src[2], src[1], src[0])
+                chunks[pos][(slice(c0, c1), *_zyx(inter, cb))] = value_czyx[
+                    (slice(None), *_zyx(inter, box))
                 ]
             return chunks
 
