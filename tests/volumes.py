@@ -23,3 +23,16 @@ def sharding_json(
         "minishard_index_encoding": index,
         "data_encoding": data,
     }
+
+
+def volume_spec(
+    kvstore: Any, data_type: str, num_channels: int = 1, type: str = "image", **scale: Any
+) -> dict[str, Any]:
+    """A ``neuroglancer_precomputed`` spec that creates (or opens) one scale: ``scale``
+    holds the ``scale_metadata`` members (size, chunk_size, encoding, sharding, ...)."""
+    return {
+        "driver": "neuroglancer_precomputed",
+        "kvstore": kvstore,
+        "multiscale_metadata": {"type": type, "data_type": data_type, "num_channels": num_channels},
+        "scale_metadata": scale,
+    }

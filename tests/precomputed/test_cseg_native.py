@@ -14,6 +14,7 @@ from precomputed import Context, _cseg_native, codecs
 from precomputed.codecs import ChunkEncoding, decode_chunk, decode_chunk_into, encode_chunk
 from precomputed.errors import CorruptDataError
 from precomputed.kvstore import MemoryKvStore
+from volumes import sharding_json, volume_spec
 
 pytestmark = pytest.mark.skipif(
     not _cseg_native.AVAILABLE,
@@ -151,22 +152,13 @@ def test_volume_reads_decode_whole_chunks_in_place(
     """A read covering whole chunks decodes them into the output (decode_chunk_into, not
     decode_chunk); chunks cut by the box, or kept by the cache, are decoded whole."""
     data = labels((1, 40, 48, 56), 30, "uint64", seed=9)
-    sharding = (
-        {"@type": "neuroglancer_uint64_sharded_v1", "preshift_bits": 0, "hash": "identity",
-         "minishard_bits": 1, "shard_bits": 1, "minishard_index_encoding": "gzip",
-         "data_encoding": "gzip"}
-        if sharded else None
+    sharding = sharding_json(0, 1, 1, data="gzip", index="gzip") if sharded else None
+    spec = volume_spec(
+        memory_store.spec(), "uint64", type="segmentation",
+        size=[56, 48, 40], encoding="compressed_segmentation",
+        compressed_segmentation_block_size=[8, 8, 8], chunk_size=[16, 16, 16],
+        **({"sharding": sharding} if sharding else {}),
     )  # fmt: skip
-    spec = {
-        "driver": "neuroglancer_precomputed",
-        "kvstore": memory_store.spec(),
-        "multiscale_metadata": {"data_type": "uint64", "num_channels": 1, "type": "segmentation"},
-        "scale_metadata": {
-            "size": [56, 48, 40], "encoding": "compressed_segmentation",
-            "compressed_segmentation_block_size": [8, 8, 8], "chunk_size": [16, 16, 16],
-            **({"sharding": sharding} if sharding else {}),
-        },
-    }  # fmt: skip
     vol = precomputed.open(spec, create=True, context=Context(cache_bytes=0))
     vol[...] = data.transpose(3, 2, 1, 0)
     calls = {"into": 0, "whole": 0}

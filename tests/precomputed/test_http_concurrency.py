@@ -13,6 +13,7 @@ import precomputed
 from precomputed import Context
 from precomputed.kvstore import HttpKvStore, open_kvstore
 from servers import RangeServer
+from volumes import volume_spec
 
 DATA = bytes(range(256)) * 4  # 1024 bytes, every offset distinguishable
 
@@ -81,17 +82,10 @@ def test_volume_read_from_many_threads_keeps_requests_in_flight(
     """The benchmark's pattern: threads each reading one whole chunk of an unsharded volume."""
     chunk = 8
     data = np.arange(32 * 32 * 16, dtype=np.uint32).reshape(32, 32, 16, 1, order="F")
-    spec = {
-        "driver": "neuroglancer_precomputed",
-        "kvstore": {"driver": "file", "path": str(tmp_path) + "/"},
-        "multiscale_metadata": {"type": "image", "data_type": "uint32", "num_channels": 1},
-        "scale_metadata": {
-            "size": [32, 32, 16],
-            "chunk_size": [chunk] * 3,
-            "resolution": [1, 1, 1],
-            "encoding": "raw",
-        },
-    }
+    spec = volume_spec(
+        {"driver": "file", "path": str(tmp_path) + "/"}, "uint32",
+        size=[32, 32, 16], chunk_size=[chunk] * 3, resolution=[1, 1, 1], encoding="raw",
+    )  # fmt: skip
     precomputed.open(spec, create=True)[...] = data
     http_server.root = tmp_path
     vol = precomputed.open(f"{http_server.url}/", context=Context(cache_bytes=0))

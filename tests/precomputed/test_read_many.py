@@ -12,13 +12,10 @@ import precomputed
 from precomputed import Context, InvalidArgumentError, NotFoundError
 from precomputed.kvstore import MemoryKvStore
 from servers import RangeServer
+from volumes import sharding_json, volume_spec
 
 SIZE, CHUNK = (40, 36, 20), (16, 16, 8)
-SHARDED = {
-    "@type": "neuroglancer_uint64_sharded_v1", "preshift_bits": 0, "hash": "identity",
-    "minishard_bits": 1, "shard_bits": 1, "minishard_index_encoding": "gzip",
-    "data_encoding": "gzip",
-}  # fmt: skip
+SHARDED = sharding_json(0, 1, 1, data="gzip", index="gzip")
 
 
 def spec(kv: Any, encoding: str, dtype: str, channels: int = 1, sharding: Any = None) -> dict:
@@ -27,12 +24,7 @@ def spec(kv: Any, encoding: str, dtype: str, channels: int = 1, sharding: Any = 
         scale["compressed_segmentation_block_size"] = [4, 4, 4]
     if sharding:
         scale["sharding"] = sharding
-    return {
-        "driver": "neuroglancer_precomputed",
-        "kvstore": kv,
-        "multiscale_metadata": {"type": "image", "data_type": dtype, "num_channels": channels},
-        "scale_metadata": scale,
-    }
+    return volume_spec(kv, dtype, channels, **scale)
 
 
 def filled(kv: Any, encoding: str, dtype: str, channels: int = 1, sharding: Any = None):

@@ -13,6 +13,7 @@ import pytest
 import precomputed
 from precomputed import Context, _recycle
 from precomputed.kvstore import MemoryKvStore
+from volumes import volume_spec
 
 CHUNK = (1, 64, 64, 64)  # 2 MiB of uint64
 
@@ -98,15 +99,11 @@ def test_threads_never_share_a_buffer() -> None:
 
 
 def test_read_results_stay_intact_while_later_reads_recycle(memory_store: MemoryKvStore) -> None:
-    spec = {
-        "driver": "neuroglancer_precomputed",
-        "kvstore": memory_store.spec(),
-        "multiscale_metadata": {"type": "segmentation", "data_type": "uint64", "num_channels": 1},
-        "scale_metadata": {
-            "size": [128, 64, 64], "chunk_size": [64, 64, 64],
-            "encoding": "compressed_segmentation", "compressed_segmentation_block_size": [8, 8, 8],
-        },
-    }  # fmt: skip
+    spec = volume_spec(
+        memory_store.spec(), "uint64", type="segmentation", size=[128, 64, 64],
+        chunk_size=[64, 64, 64], encoding="compressed_segmentation",
+        compressed_segmentation_block_size=[8, 8, 8],
+    )  # fmt: skip
     vol = precomputed.open(spec, create=True, context=Context(cache_bytes=0))
     data = np.random.default_rng(0).integers(0, 9, (128, 64, 64, 1)).astype(np.uint64)
     vol[...] = data
