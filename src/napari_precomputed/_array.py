@@ -86,7 +86,7 @@ class LevelArray(ArrayLike):
         dims = LAYOUTS[self.layout]
         grid_origin = self._vol.scale.voxel_offset
         chunk = self._vol.chunk_layout.read_chunk
-        out = []
+        out: list[tuple[int, ...]] = []
         for a in self._kept:
             s0, s1, st = self._sel[a]
             n = selection_length(s0, s1, st)

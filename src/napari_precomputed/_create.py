@@ -41,8 +41,8 @@ from magicgui.widgets import (
     RadioButtons,
     SpinBox,
     TextEdit,
-    Widget,
 )
+from magicgui.widgets.bases import CategoricalWidget, ValueWidget
 from qtpy.QtCore import QObject, Signal
 
 from precomputed import metadata as md
@@ -166,7 +166,7 @@ def _parse_vec(text: str, kind: type) -> list[Any] | None:
     parts = [p for p in re.split(r"[,\s]+", text) if p]
     if len(parts) != 3:
         raise ValueError(f"expected 3 values (x, y, z), got {len(parts)}")
-    out = []
+    out: list[Any] = []
     for p in parts:
         try:
             v = float(p)
@@ -229,7 +229,7 @@ class CreateVolumeWidget(Container):
     def __init__(self, napari_viewer: Any = None) -> None:
         super().__init__(labels=True, scrollable=True)
         self.viewer = napari_viewer
-        self.fields: dict[str, Widget] = {}
+        self.fields: dict[str, ValueWidget] = {}
         self.messages: dict[str, Label] = {}
         self.rows: dict[str, Container] = {}
         self.errors: dict[str, str] = {}
@@ -260,7 +260,7 @@ class CreateVolumeWidget(Container):
         self.validate()
 
     # -- construction -------------------------------------------------------------------
-    def _add_row(self, name: str, widget: Widget, label: str) -> Container:
+    def _add_row(self, name: str, widget: ValueWidget, label: str) -> Container:
         msg = _wrapping_label()
         msg.visible = False
         row = Container(widgets=[widget, msg], labels=False, label=label)
@@ -272,6 +272,11 @@ class CreateVolumeWidget(Container):
         self.append(row)
         return row
 
+    def _choices_field(self, name: str) -> CategoricalWidget:
+        widget = self.fields[name]
+        assert isinstance(widget, CategoricalWidget), name
+        return widget
+
     def _header(self, text: str) -> None:
         self.append(Label(value=f"<b>{text}</b>"))
 
@@ -279,7 +284,7 @@ class CreateVolumeWidget(Container):
         add = self._add_row
         add(
             "mode",
-            RadioButtons(
+            RadioButtons(  # type: ignore[call-arg]  # magicgui types **kwargs without `value`
                 choices=[("New volume", NEW), ("Add scale", ADD)],
                 value=NEW,
                 orientation="horizontal",
@@ -409,7 +414,7 @@ class CreateVolumeWidget(Container):
         return out
 
     def _reset_layers(self, *_: Any) -> None:
-        self.fields["layer"].reset_choices()
+        self._choices_field("layer").reset_choices()
 
     def fill_from_layer(self, layer: Any) -> None:
         """Fill the metadata fields from an Image or Labels layer (``None`` clears)."""
@@ -476,7 +481,7 @@ class CreateVolumeWidget(Container):
         ]
         with self._batch():
             self.fields["mode"].value = ADD
-            self.fields["source_scale"].choices = choices
+            self._choices_field("source_scale").choices = choices
             if choices:
                 self.fields["source_scale"].value = choices[-1][1]
             self.fields["type"].value = (

@@ -1089,7 +1089,7 @@ def _changed_box(arr: np.ndarray, base: np.ndarray | None, chunk_box: Box) -> Bo
     lo, hi = [], []
     for axis in range(3):
         other = tuple(a for a in range(3) if a != axis)
-        idx = np.flatnonzero(diff.any(axis=other))
+        idx = np.flatnonzero(np.any(diff, axis=other))
         lo.append(int(idx[0]))
         hi.append(int(idx[-1]) + 1)
     s = chunk_box.start

@@ -217,7 +217,9 @@ class _CloseFilter(QObject):
         super().__init__(parent)
         self._viewer = viewer
 
-    def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt API)
+    def eventFilter(self, obj: QObject | None, event: QEvent | None) -> bool:  # noqa: N802 (Qt API)
+        if event is None:
+            return False
         if event.type() == QEvent.Type.Close and not _may_close_viewer(self._viewer):
             event.ignore()
             return True
@@ -258,7 +260,7 @@ class EditLabelsWidget(Container):
         self.url = LineEdit(label="or URL / path", value="")
         self.url.native.setPlaceholderText("used when no layer is chosen")
         self.scale = ComboBox(label="Scale", choices=[("0", 0)], value=0)
-        self.region_mode = RadioButtons(
+        self.region_mode = RadioButtons(  # type: ignore[call-arg]  # magicgui: no `value` in **kwargs
             label="Region",
             choices=[("What is in view", "view"), ("Box", "box")],
             value="view",

@@ -105,8 +105,8 @@ def plan_pyramid(scales: Sequence[object]) -> Pyramid:
         Level(
             scale_index=i,
             factor=f,
-            origin=tuple(a // k for a, k in zip(start, f, strict=True)),  # type: ignore[arg-type]
-            extent=tuple(n // k for n, k in zip(extent, f, strict=True)),  # type: ignore[arg-type]
+            origin=tuple(a // k for a, k in zip(start, f, strict=True)),
+            extent=tuple(n // k for n, k in zip(extent, f, strict=True)),
         )
         for f, i in chosen
     ]

@@ -213,7 +213,7 @@ def read_volume(source: str | dict[str, Any], **open_options: Any) -> list[Layer
 def _display_name(source: str | dict[str, Any]) -> str:
     if not isinstance(source, str):
         kv = source.get("kvstore") if isinstance(source, dict) else None
-        path = (kv.get("path") if isinstance(kv, dict) else kv) or source.get("path", "")  # type: ignore[union-attr]
+        path = (kv.get("path") if isinstance(kv, dict) else kv) or source.get("path", "")
         source = str(path or "precomputed")
     s = source
     if s.startswith("precomputed://"):

@@ -8,10 +8,16 @@ __all__ = ["ArrayLike"]
 
 
 class ArrayLike:
-    """Mixin: ``ndim``, ``size``, ``nbytes`` and ``len()`` from ``shape`` and ``dtype``."""
+    """Mixin: ``ndim``, ``size``, ``nbytes`` and ``len()`` from ``shape`` and ``dtype``,
+    which subclasses provide as read-only properties."""
 
-    shape: tuple[int, ...]
-    dtype: np.dtype
+    @property
+    def shape(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    @property
+    def dtype(self) -> np.dtype:
+        raise NotImplementedError
 
     @property
     def ndim(self) -> int:

@@ -23,6 +23,7 @@ first (``codecs._CsegChannel`` makes TensorStore's checks and sets ``library_saf
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
 
 import numpy as np
 
@@ -35,12 +36,12 @@ _SYMBOLS = {
 }
 
 
-def _load() -> dict[int, ctypes._CFuncPtr]:
+def _load() -> dict[int, Callable[..., None]]:
     try:
         import compressed_segmentation
 
         dll = ctypes.CDLL(compressed_segmentation.__file__)
-        found = {}
+        found: dict[int, Callable[..., None]] = {}
         for itemsize, name in _SYMBOLS.items():
             fn = dll[name]
             fn.restype = None

@@ -56,7 +56,15 @@ def decode_cseg_z_range(
     return decode_cseg_region(data, shape, dtype, block_xyz, (z0, z1), None, channels, key)
 
 
-def _decode(data, shape, dtype, block_xyz, zs, ys, channels) -> np.ndarray:
+def _decode(
+    data: bytes,
+    shape: tuple[int, int, int, int],
+    dtype: np.dtype,
+    block_xyz: tuple[int, int, int],
+    zs: tuple[int, int],
+    ys: tuple[int, int],
+    channels: tuple[int, int],
+) -> np.ndarray:
     c, z, y, x = shape
     (z0, z1), (y0, y1), (c0, c1) = zs, ys, channels
     if not (0 <= z0 <= z1 <= z and 0 <= y0 <= y1 <= y and 0 <= c0 <= c1 <= c):

@@ -33,7 +33,7 @@ def gzip_inflate(data: bytes | bytearray | memoryview) -> tuple[bytes, str | Non
     try:
         out = d.decompress(data)
         out += d.flush()
-    except zlib.error as e:
+    except zlib.error as e:  # type: ignore[misc]  # zlib-ng's stub: `error: Exception`
         return b"", str(e)
     if not d.eof:
         return b"", "truncated gzip stream"

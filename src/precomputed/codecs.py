@@ -21,11 +21,13 @@ import struct
 import sys
 import threading
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
 import compressed_segmentation as _cseg_lib
 import numpy as np
+import numpy.typing as npt
 from PIL import Image
 
 from precomputed import _cseg_native, _deflate, _recycle
@@ -41,6 +43,10 @@ __all__ = [
 ]
 
 ENCODINGS = ("raw", "jpeg", "png", "compressed_segmentation")
+
+#: What the decoders accept: stored chunk bytes, possibly a writeable buffer.
+_Bytes = bytes | bytearray | memoryview
+_Zyx = tuple[int, int, int]
 
 _SUPPORTED_DTYPES = frozenset(
     np.dtype(t)
@@ -110,6 +116,7 @@ def encode_chunk(chunk: np.ndarray, enc: ChunkEncoding) -> bytes:
     if enc.encoding == "raw":
         return np.ascontiguousarray(chunk, dtype=dtype.newbyteorder("<")).tobytes()
     if enc.encoding == "compressed_segmentation":
+        assert enc.block_size is not None  # required for this encoding (__post_init__)
         return _cseg_encode(chunk, enc.block_size)
     if min(chunk.shape) == 0:
         raise InvalidArgumentError(f"Cannot encode an empty chunk of shape {chunk.shape} as image")
@@ -132,19 +139,21 @@ def decode_chunk(
     shares memory with ``data``. ``bytes`` are immutable, so they are copied once.
     ``key`` only names the chunk in error messages.
     """
-    shape = tuple(int(s) for s in shape)
-    if len(shape) != 4 or min(shape) < 0:
-        raise InvalidArgumentError(f"Expected a (c, z, y, x) chunk shape, got {shape}")
-    dtype = np.dtype(dtype).newbyteorder("=")
-    _check_dtype_channels(enc, dtype, shape[0])
+    dims = tuple(int(s) for s in shape)
+    if len(dims) != 4 or min(dims) < 0:
+        raise InvalidArgumentError(f"Expected a (c, z, y, x) chunk shape, got {dims}")
+    shape = (dims[0], dims[1], dims[2], dims[3])
+    dt = np.dtype(dtype).newbyteorder("=")
+    _check_dtype_channels(enc, dt, shape[0])
     try:
         if enc.encoding == "raw":
-            return _raw_decode(data, shape, dtype)
+            return _raw_decode(data, shape, dt)
         if enc.encoding == "compressed_segmentation":
-            return _cseg_decode(data, shape, dtype, enc.block_size)
+            assert enc.block_size is not None  # required for this encoding (__post_init__)
+            return _cseg_decode(data, shape, dt, enc.block_size)
         if enc.encoding == "jpeg":
             return _jpeg_decode(data, shape)
-        return _png_decode(data, shape, dtype)
+        return _png_decode(data, shape, dt)
     except _Corrupt as e:
         raise CorruptDataError(f'Error reading "{key}": {e}' if key else str(e)) from None
 
@@ -235,7 +244,7 @@ def _chunk_to_pixels(chunk: np.ndarray) -> np.ndarray:
 # raw
 
 
-def _raw_decode(data, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+def _raw_decode(data: _Bytes, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     received = memoryview(data).nbytes
     if received != expected:
@@ -269,11 +278,11 @@ def _jpeg_encode(chunk: np.ndarray, quality: int) -> bytes:
     return out.getvalue()
 
 
-def _jpeg_decode(data, shape: tuple[int, int, int, int]) -> np.ndarray:
+def _jpeg_decode(data: _Bytes, shape: tuple[int, int, int, int]) -> np.ndarray:
     head = bytes(memoryview(data)[:2])
     if head != b"\xff\xd8":
-        h = head + b"\0\0"
-        raise _Corrupt(f"Not a JPEG file: starts with 0x{h[0]:02x} 0x{h[1]:02x}")
+        padded = head + b"\0\0"
+        raise _Corrupt(f"Not a JPEG file: starts with 0x{padded[0]:02x} 0x{padded[1]:02x}")
     try:
         img = Image.open(io.BytesIO(data), formats=["JPEG"])
     except Exception as e:  # any Pillow failure means the bytes are bad
@@ -427,14 +436,16 @@ def _png_parse(buf: bytes) -> tuple[tuple[int, ...], bytes, bytes | None, bytes 
     return ihdr, b"".join(idat), plte, trns
 
 
-def _png_inflate(mode: str, rawmode: str, size, stream: bytes, interlace: int) -> np.ndarray:
+def _png_inflate(
+    mode: str, rawmode: str, size: tuple[int, int], stream: bytes, interlace: int
+) -> np.ndarray:
     try:
         return np.asarray(Image.frombytes(mode, size, stream, "zip", rawmode, interlace))
     except Exception as e:  # any failure of Pillow's decoder means bad data
         raise _Corrupt(f"Failed to decode PNG: {e}") from None
 
 
-def _png_decode(data, shape: tuple[int, int, int, int], dtype: np.dtype) -> np.ndarray:
+def _png_decode(data: _Bytes, shape: tuple[int, int, int, int], dtype: np.dtype) -> np.ndarray:
     ihdr, stream, plte, trns = _png_parse(bytes(data))
     w, h, depth, ctype, compression, filter_method, interlace = ihdr
     if (ctype, depth) not in _PNG_PILLOW_MODES and not (ctype in (2, 4, 6) and depth == 16):
@@ -503,7 +514,9 @@ def _cseg_local_positions(
     return _cseg_local_positions_uncached(extent, block)
 
 
-def _cseg_local_positions_uncached(extent, block):
+def _cseg_local_positions_uncached(
+    extent: _Zyx, block: _Zyx
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     _, by, bx = block
     lz, ly, lx = (a.ravel() for a in np.indices(extent, dtype=np.int64))
     loc = (lz * by + ly) * bx + lx
@@ -515,10 +528,13 @@ def _cseg_local_positions_uncached(extent, block):
 _cseg_local_positions_cached = lru_cache(maxsize=16)(_cseg_local_positions_uncached)
 
 
-def _cseg_geometry(shape_zyx: tuple[int, int, int], block_xyz: tuple[int, int, int]):
-    block = tuple(int(b) for b in reversed(block_xyz))  # z, y, x
-    grid = tuple(-(-s // b) for s, b in zip(shape_zyx, block, strict=True))
-    extent = tuple(min(s, b) for s, b in zip(shape_zyx, block, strict=True))
+def _cseg_geometry(shape_zyx: Sequence[int], block_xyz: Sequence[int]) -> tuple[_Zyx, _Zyx, _Zyx]:
+    """(block, grid of blocks, extent of a block's voxels inside the chunk), all z, y, x."""
+    bx, by, bz = (int(b) for b in block_xyz)
+    z, y, x = shape_zyx
+    block = (bz, by, bx)
+    grid = (-(-z // bz), -(-y // by), -(-x // bx))
+    extent = (min(z, bz), min(y, by), min(x, bx))
     return block, grid, extent
 
 
@@ -566,7 +582,9 @@ def _cseg_too_large() -> InvalidArgumentError:
     )
 
 
-def _cseg_check_value_offsets(words: np.ndarray, shape_zyx, block_xyz) -> None:
+def _cseg_check_value_offsets(
+    words: np.ndarray, shape_zyx: Sequence[int], block_xyz: Sequence[int]
+) -> None:
     if len(words) <= _CSEG_MAX_OFFSET:
         return
     _, grid, _ = _cseg_geometry(shape_zyx, block_xyz)
@@ -609,17 +627,17 @@ _CSEG_BITS_FOR_COUNT = np.repeat(np.array([0, 1, 2, 4, 8], np.int64), [2, 1, 2, 
 _CSEG_TABLE_MIX = np.random.default_rng(0x5E6).integers(1, 2**63, 513, np.uint64) | np.uint64(1)
 
 
-def _cseg_scratch(name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+def _cseg_scratch(name: str, shape: tuple[int, ...], dtype: npt.DTypeLike) -> np.ndarray:
     """An uninitialised array that this thread reuses from call to call (one per ``name``)."""
-    dtype = np.dtype(dtype)
-    nbytes = dtype.itemsize * math.prod(shape)
+    dt = np.dtype(dtype)
+    nbytes = dt.itemsize * math.prod(shape)
     bufs = _cseg_scratch_local.__dict__
     buf = bufs.get(name)
     if buf is None or len(buf) < nbytes:
         if nbytes > _CSEG_SCRATCH_MAX_BYTES:
-            return np.empty(shape, dtype)
+            return np.empty(shape, dt)
         buf = bufs[name] = np.empty(max(nbytes, 4096), np.uint8)
-    return buf[:nbytes].view(dtype).reshape(shape)
+    return buf[:nbytes].view(dt).reshape(shape)
 
 
 def _cseg_encode_channel_fast(
@@ -738,7 +756,16 @@ def _cseg_encode_channel_fast(
     return out
 
 
-def _cseg_indices(padded, shape, block, tval, trow, tcol, counts, lane):
+def _cseg_indices(
+    padded: np.ndarray,
+    shape: tuple[int, ...],
+    block: _Zyx,
+    tval: np.ndarray,
+    trow: np.ndarray,
+    tcol: np.ndarray,
+    counts: np.ndarray,
+    lane: int,
+) -> tuple[np.ndarray, np.ndarray] | None:
     """Index of every voxel in its block's table, as (rows of uint8 indices padded to a
     multiple of 32, row of each block), or None if too many blocks need comparisons.  ``lane``
     is the byte of the values in the scratch array "low" (blocks as rows)."""
@@ -823,7 +850,9 @@ def _cseg_indices(padded, shape, block, tval, trow, tcol, counts, lane):
     return rank, rows
 
 
-def _cseg_rank_by_comparison(vals: np.ndarray, table: np.ndarray, counts: np.ndarray):
+def _cseg_rank_by_comparison(
+    vals: np.ndarray, table: np.ndarray, counts: np.ndarray
+) -> np.ndarray:
     """Index of each value in its block's table: the number of table entries below it (rows
     by decreasing count, tables zero-padded)."""
     rank = np.zeros(vals.shape, np.uint8)
@@ -852,7 +881,9 @@ def _cseg_pack(rank: np.ndarray, bits: int) -> np.ndarray:
     return rank.view("<u4")
 
 
-def _cseg_table_owners(tval, trow, tcol, first, counts) -> np.ndarray:
+def _cseg_table_owners(
+    tval: np.ndarray, trow: np.ndarray, tcol: np.ndarray, first: np.ndarray, counts: np.ndarray
+) -> np.ndarray:
     """For each block, the first block with an identical lookup table."""
     nb = len(counts)
     with np.errstate(over="ignore"):
@@ -891,7 +922,7 @@ def _cseg_group_first(order: np.ndarray, new: np.ndarray) -> np.ndarray:
     return owner
 
 
-def _cseg_inside_mask(shape: tuple[int, int, int], block: tuple[int, int, int]) -> np.ndarray:
+def _cseg_inside_mask(shape: Sequence[int], block: Sequence[int]) -> np.ndarray:
     """(blocks, voxels) mask of the positions of a padded chunk that lie inside the chunk."""
     z, y, x = (
         np.arange(-(-s // b))[:, None] * b + np.arange(b) < s
@@ -1031,7 +1062,9 @@ def _first_identical_segment_exact(
     )
 
 
-def _cseg_decode(data, shape: tuple[int, int, int, int], dtype: np.dtype, block_xyz) -> np.ndarray:
+def _cseg_decode(
+    data: _Bytes, shape: tuple[int, int, int, int], dtype: np.dtype, block_xyz: Sequence[int]
+) -> np.ndarray:
     if memoryview(data).nbytes % 4:
         raise _cseg_corrupt()
     words = np.frombuffer(data, "<u4")
@@ -1047,8 +1080,8 @@ def _cseg_decode(data, shape: tuple[int, int, int, int], dtype: np.dtype, block_
         return np.zeros(shape, dtype)
     channels = [_CsegChannel(words[offsets[ci] :], (z, y, x), block_xyz, dtype) for ci in range(c)]
     if c == 1 and channels[0].library_safe and not _cseg_native.AVAILABLE:
-        data = data if type(data) is bytes and offsets[0] == 1 else None
-        return channels[0].decode_with_library(data).reshape(shape)
+        whole = data if type(data) is bytes and offsets[0] == 1 else None
+        return channels[0].decode_with_library(whole).reshape(shape)
     out = _recycle.empty(shape, dtype)
     _cseg_channels_into(channels, out)
     return out
@@ -1092,6 +1125,7 @@ def decode_chunk_into(
             raise _cseg_corrupt()
         if out.size == 0:
             return
+        assert enc.block_size is not None  # required for this encoding (__post_init__)
         channels = [
             _CsegChannel(words[offsets[ci] :], (z, y, x), enc.block_size, out.dtype)
             for ci in range(c)
@@ -1123,10 +1157,13 @@ class _CsegChannel:
     whole buffer, as in TensorStore (tables may lie anywhere after the channel start).
     """
 
-    def __init__(self, w: np.ndarray, shape_zyx, block_xyz, dtype: np.dtype) -> None:
+    def __init__(
+        self, w: np.ndarray, shape_zyx: _Zyx, block_xyz: Sequence[int], dtype: np.dtype
+    ) -> None:
         self.w, self.shape, self.dtype = w, shape_zyx, dtype
         self.block, self.grid, self.extent = _cseg_geometry(shape_zyx, block_xyz)
-        self.block_xyz = tuple(block_xyz)
+        bz, by, bx = self.block
+        self.block_xyz = (bx, by, bz)
         nb = self.grid[0] * self.grid[1] * self.grid[2]
         n = len(w)
         if n < 2 * nb:

@@ -81,6 +81,7 @@ def to_dask(vol: Volume, chunks: Any = None) -> Any:
 
     _require_4d(vol)
     layout = vol.chunk_layout
+    block: tuple[int, ...]
     if chunks is None:
         block = layout.read_chunk
     elif chunks == "write":
@@ -119,4 +120,6 @@ def store(array: Any, vol: Volume, *, compute: bool = True, **compute_kwargs: An
             f"array shape {tuple(array.shape)} does not match volume view shape {vol.shape}"
         )
     array = array.astype(vol.dtype).rechunk(aligned_chunks(vol, vol.chunk_layout.write_chunk))
-    return da.store(array, _Window(vol), lock=False, compute=compute, **compute_kwargs)
+    # dask annotates targets as numpy array-likes; it only needs __setitem__ (as _Window has).
+    target = _Window(vol)
+    return da.store(array, target, lock=False, compute=compute, **compute_kwargs)  # type: ignore[arg-type]

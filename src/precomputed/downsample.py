@@ -176,7 +176,7 @@ def _mode_pairwise(b: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
     return np.where(counts == best, b, _max_of(b.dtype)).min(axis=-1)
 
 
-def _max_of(dtype: np.dtype) -> np.generic:
+def _max_of(dtype: np.dtype) -> int | np.generic:
     if dtype.kind == "b":
         return np.True_
     if dtype.kind in "iu":

@@ -67,8 +67,10 @@ def open(
         kv.delete_prefix(path)
 
     if req.assume_metadata or req.assume_cached_metadata:
-        meta, index = md.create_scale(None, req.multiscale, req.scale, req.scale_index, req.schema)
-        return _make_volume(kv, path, meta, index, None, req, ctx)
+        created, index = md.create_scale(
+            None, req.multiscale, req.scale, req.scale_index, req.schema
+        )
+        return _make_volume(kv, path, created, index, None, req, ctx)
 
     for _ in range(_MAX_INFO_RETRIES):
         meta, generation = read_info(kv, path)
@@ -144,8 +146,9 @@ def _make_volume(
     ctx: Context,
 ) -> Volume:
     scale = meta.scales[index]
-    chunk = tuple(chunk or scale.chunk_sizes[0])  # type: ignore[assignment]
-    grid = ChunkGrid(tuple(scale.size), tuple(scale.voxel_offset), chunk)  # type: ignore[arg-type]
+    cx, cy, cz = chunk or scale.chunk_sizes[0]
+    chunk_xyz = (cx, cy, cz)
+    grid = ChunkGrid(tuple(scale.size), tuple(scale.voxel_offset), chunk_xyz)  # type: ignore[arg-type]
     prefix = md.resolve_scale_key(path, scale.key)
     store: ChunkStore
     if scale.sharding is not None:
@@ -154,14 +157,14 @@ def _make_volume(
         store = UnshardedChunkStore(kv, prefix, grid)
 
     def spec_factory(minimal: bool = False) -> dict[str, Any]:
-        return bound_spec(meta, index, chunk, kv.spec(), req, minimal=minimal)
+        return bound_spec(meta, index, chunk_xyz, kv.spec(), req, minimal=minimal)
 
     handle = ScaleHandle(
         kvstore=kv,
         path=path,
         metadata=meta,
         scale_index=index,
-        chunk_size=chunk,  # type: ignore[arg-type]
+        chunk_size=chunk_xyz,
         store=store,
         context=ctx,
         fill_missing_data_reads=req.fill_missing_data_reads,

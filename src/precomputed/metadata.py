@@ -173,19 +173,19 @@ def _encoding_param(obj: Mapping[str, Any], name: str, encoding: str | None) -> 
 
 
 def _block_size(value: Any) -> Vec3:
-    return parse_vector(value, lambda v: parse_int(v, 1, _INT32_MAX))  # type: ignore[return-value]
+    return parse_vector(value, lambda v: parse_int(v, 1, _INT32_MAX))
 
 
 def _int_vec(value: Any) -> Vec3:
-    return parse_vector(value, parse_int64)  # type: ignore[return-value]
+    return parse_vector(value, parse_int64)
 
 
 def _chunk_vec(value: Any) -> Vec3:
-    return parse_vector(value, lambda v: parse_int(v, 1, _MAX_CHUNK))  # type: ignore[return-value]
+    return parse_vector(value, lambda v: parse_int(v, 1, _MAX_CHUNK))
 
 
 def _resolution(value: Any) -> tuple[float, float, float]:
-    return parse_vector(value, parse_loose_float)  # type: ignore[return-value]
+    return parse_vector(value, parse_loose_float)
 
 
 # ---------------------------------------------------------------------------------------

@@ -92,7 +92,7 @@ def make_sample(root: str | os.PathLike[str] | None = None, overwrite: bool = Fa
     root.mkdir(parents=True, exist_ok=True)
     labels = _make_labels(SIZE)
     image = _make_image(labels)
-    for name, data, kind, enc, method in [
+    variants: list[tuple[str, np.ndarray, str, dict[str, object], str]] = [
         ("image", image, "image", {"encoding": "jpeg", "jpeg_quality": 90}, "mean"),
         (
             "segmentation",
@@ -113,7 +113,8 @@ def make_sample(root: str | os.PathLike[str] | None = None, overwrite: bool = Fa
             },
             "mode",
         ),
-    ]:
+    ]
+    for name, data, kind, enc, method in variants:
         size, offset, res = SIZE, (0, 0, 0), RESOLUTION
         level = data
         for i in range(len(FACTORS) + 1):

@@ -279,26 +279,26 @@ class GridConstraints:
         for name in ("aspect_ratio", "aspect_ratio_soft_constraint"):
             if name in obj:
                 with member(name):
-                    values = _parse_aspect(obj[name])
-                    for d, v in enumerate(values):
-                        if v and not self.aspect_ratio[d]:
-                            self.aspect_ratio[d] = v
+                    ratios = _parse_aspect(obj[name])
+                    for d, r in enumerate(ratios):
+                        if r and not self.aspect_ratio[d]:
+                            self.aspect_ratio[d] = r
         for name, hard in (("elements", True), ("elements_soft_constraint", False)):
             if name not in obj or obj[name] is None:
                 continue
             with member(name):
-                v = as_int(obj[name])
-                if v is None or v < 0:
+                n = as_int(obj[name])
+                if n is None or n < 0:
                     raise InvalidArgumentError(f"Invalid value: {dump_json(obj[name])}")
-                if v and hard:
-                    if self.elements_hard and self.elements != v:
+                if n and hard:
+                    if self.elements_hard and self.elements != n:
                         raise InvalidArgumentError(
-                            f"New hard constraint ({v}) does not match existing hard "
+                            f"New hard constraint ({n}) does not match existing hard "
                             f"constraint ({self.elements})"
                         )
-                    self.elements, self.elements_hard = v, True
-                elif v and not self.elements:
-                    self.elements = v
+                    self.elements, self.elements_hard = n, True
+                elif n and not self.elements:
+                    self.elements = n
 
     def _set_shape(self, d: int, v: int, hard: bool) -> None:
         if v == 0:
@@ -332,7 +332,7 @@ class GridConstraints:
 
 def _parse_shape(value: Any) -> list[int]:
     items = _rank_array(value)
-    out = []
+    out: list[int] = []
     for item in items:
         v = 0 if item is None else as_int(item)
         if v is None or v < -1:

@@ -77,13 +77,12 @@ def _dump(value: Any) -> str:
 def _int_member(obj: Mapping[str, Any], name: str, lo: int, hi: int, where: str) -> int:
     """An integer member in ``[lo, hi]``; integral floats are accepted, bools are not."""
     value = obj.get(name)
-    ok = False
     if isinstance(value, int) and not isinstance(value, bool):
-        ok = lo <= value <= hi
+        if lo <= value <= hi:
+            return int(value)
     elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
-        ok = lo <= value <= hi
-    if ok:
-        return int(value)
+        if lo <= value <= hi:
+            return int(value)
     got = "member is missing" if name not in obj else f"received: {_dump(value)}"
     raise InvalidArgumentError(
         f'Error parsing object member "{where}": Error parsing object member "{name}": '
@@ -314,7 +313,7 @@ def shard_filename(shard: int, spec: ShardingSpec) -> str:
 # ---------------------------------------------------------------------------------------
 
 
-def _gzip_compress(data: bytes) -> bytes:
+def _gzip_compress(data: bytes | bytearray | memoryview) -> bytes:
     """gzip with TensorStore's parameters (level 9, mtime 0, OS 3)."""
     return gzip_compress(data)
 
@@ -491,7 +490,7 @@ def encode_chunk_data(data: bytes, spec: ShardingSpec) -> bytes:
     return _gzip_compress(data) if spec.data_encoding == "gzip" else bytes(data)
 
 
-def decode_chunk_data(data: bytes, spec: ShardingSpec, what: str) -> bytes:
+def decode_chunk_data(data: bytes | memoryview, spec: ShardingSpec, what: str) -> bytes:
     """Undo the shard ``data_encoding``; ``what`` (e.g. chunk id and key) names it in errors."""
     if spec.data_encoding != "gzip":
         return bytes(data)
@@ -502,7 +501,7 @@ def decode_chunk_data(data: bytes, spec: ShardingSpec, what: str) -> bytes:
 
 
 def encode_shard(
-    chunks: Mapping[int, bytes], spec: ShardingSpec, *, data_encoded: bool = False
+    chunks: Mapping[int, bytes | memoryview], spec: ShardingSpec, *, data_encoded: bool = False
 ) -> bytes | None:
     """Encode a whole shard file from ``{chunk id: chunk bytes}``; ``None`` if no chunks.
 
@@ -596,7 +595,7 @@ def split_shard(
     total = len(data)
     bad = (s < 0) | (e < s) | (e > total - index_size)
     nonempty = s != e
-    result: dict[int, bytes] = {}
+    result: dict[int, bytes | memoryview] = {}
     for m in np.flatnonzero(bad | nonempty).tolist():
         start, end = int(ranges[m, 0]), int(ranges[m, 1])
         context = f"{where}: Error decoding existing shard index entry for minishard {m}"
@@ -628,7 +627,7 @@ def split_shard(
                 f"{where}: Invalid existing byte range for chunk {int(ids[i])}",
             )
         for chunk_id, a, b in zip(ids.tolist(), starts.tolist(), ends.tolist(), strict=True):
-            chunk = view[a:b]
+            chunk: bytes | memoryview = view[a:b]
             if chunk_id in result:
                 continue  # a duplicate id (allow_duplicates): the first entry wins
             if decode:

@@ -198,6 +198,13 @@ def _ids_text(ids: Iterable[int], limit: int = 8) -> str:
     return f"chunk{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids[:limit]))}{more}"
 
 
+def _shard_number(group: Hashable) -> int:
+    """A sharded store's group: the shard number that ``group_of`` returned."""
+    if isinstance(group, (int, np.integer)):
+        return int(group)
+    raise TypeError(f"not a shard number: {group!r}")
+
+
 def _size_seen(start: int, blob: bytes | None) -> str:
     """What a short ranged read tells about an object's size, for error messages."""
     if blob is None:
@@ -274,12 +281,12 @@ class ShardedChunkStore(ChunkStore):
         return [int(s) for s in self.placement(positions)[1]]
 
     def group_key(self, group: Hashable) -> str:
-        return self.shard_key(int(group))  # type: ignore[arg-type]
+        return self.shard_key(_shard_number(group))
 
     def group_size(self, group: Hashable) -> int:
         if not self.rectangular:
             return -1  # unknown: whole-shard writes cannot be detected
-        return sh.chunks_in_shard(self.spec, self.bits, self.grid.shape, int(group))  # type: ignore[arg-type]
+        return sh.chunks_in_shard(self.spec, self.bits, self.grid.shape, _shard_number(group))
 
     def invalidate(self, groups: Sequence[Hashable] | None = None) -> None:
         with self._lock:
@@ -287,7 +294,7 @@ class ShardedChunkStore(ChunkStore):
                 self._entries.clear()
                 self._minishards.clear()
                 return
-            drop = {int(g) for g in groups}  # type: ignore[arg-type]
+            drop = {_shard_number(g) for g in groups}
             for cache in (self._entries, self._minishards):
                 for k in [k for k in cache if k[0] in drop]:
                     del cache[k]
@@ -390,8 +397,8 @@ class ShardedChunkStore(ChunkStore):
         if not requests:
             return
         blobs = self.kvstore.read_ranges(requests)
-        for i, (key, a, b), blob in zip(targets, requests, blobs, strict=True):
-            what = f'chunk {int(ids[i])} in minishard {int(minis[i])} of "{key}"'
+        for i, (shard_key, a, b), blob in zip(targets, requests, blobs, strict=True):
+            what = f'chunk {int(ids[i])} in minishard {int(minis[i])} of "{shard_key}"'
             if blob is None or len(blob) != b - a:
                 raise CorruptDataError(
                     f"Error reading {what}: Requested byte range [{a}, {b}) is not valid for "
@@ -559,7 +566,7 @@ class ShardedChunkStore(ChunkStore):
         TensorStore's order and writes conditionally on the generation that was read; if
         another writer changed the shard in between, re-reads and merges again.
         """
-        shard = int(group)  # type: ignore[arg-type]
+        shard = _shard_number(group)
         key = self.shard_key(shard)
         positions = list(updates)
         ids = [int(i) for i in self.chunk_ids(positions)]

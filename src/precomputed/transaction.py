@@ -125,7 +125,11 @@ class Transaction:
         for handle, chunks in snapshot:
             arrays = {pos: arr for pos, (_, arr) in chunks.items()}
 
-            def done(positions: list[Vec3], handle: ScaleHandle = handle, chunks=chunks) -> None:
+            def done(
+                positions: list[Vec3],
+                handle: ScaleHandle = handle,
+                chunks: dict[Vec3, tuple[int, np.ndarray]] = chunks,
+            ) -> None:
                 # Forget only entries not rewritten while we were committing.
                 with self._lock:
                     entry = self._dirty.get(id(handle))

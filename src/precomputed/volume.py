@@ -154,7 +154,8 @@ class ScaleHandle:
         self.metadata = metadata
         self.scale_index = scale_index
         self.scale = metadata.scales[scale_index]
-        self.chunk_size = tuple(int(c) for c in chunk_size)
+        cx, cy, cz = chunk_size
+        self.chunk_size: Vec3 = (int(cx), int(cy), int(cz))
         self.grid: ChunkGrid = store.grid
         self.store = store
         self.context = context
@@ -699,7 +700,7 @@ class ScaleHandle:
         cells = list(self.grid.cells(box))
         groups: dict[Hashable, list[Vec3]] = {}
         group_ids = (
-            self.store.groups_of(cells)  # type: ignore[attr-defined]
+            self.store.groups_of(cells)
             if hasattr(self.store, "groups_of")
             else [self.store.group_of(p) for p in cells]
         )
@@ -876,8 +877,9 @@ class Volume(ArrayLike):
         if h.scale.sharding is not None:
             write = sh.write_chunk_shape(h.scale.sharding, h.grid.size, chunk)
         codec = None
-        if h.encoding.encoding == "compressed_segmentation":
-            codec = (*h.encoding.block_size, 1)
+        block = h.encoding.block_size  # required for compressed_segmentation
+        if h.encoding.encoding == "compressed_segmentation" and block is not None:
+            codec = (*block, 1)
         return ChunkLayout(
             grid_origin=(*h.grid.voxel_offset, 0),
             read_chunk=(*chunk, h.num_channels),

@@ -7,6 +7,7 @@ Missing keys read as ``None`` (never an exception), so chunk code can treat abse
 
 from __future__ import annotations
 
+import builtins
 import threading
 from abc import ABC, abstractmethod
 from collections import Counter
@@ -35,34 +36,33 @@ def coalesce_ranges(
     """
     merged: list[RangeRequest] = []
     parts: list[tuple[int | None, list[int]]] = []
-    by_key: dict[str, list[int]] = {}
+    by_key: dict[str, list[tuple[int, int, int]]] = {}  # key -> [(start, stop, index)]
     for i, (k, a, b) in enumerate(requests):
         if b is None or a < 0 or b < a:
             merged.append((k, a, b))
             parts.append((None, [i]))
         else:
-            by_key.setdefault(k, []).append(i)
-    for k, idx in by_key.items():
-        if len(idx) == 1:  # nothing to merge with (the common case): no sorting
-            (i,) = idx
-            merged.append(requests[i])
-            parts.append((requests[i][1], idx))
+            by_key.setdefault(k, []).append((a, b, i))
+    for k, ranges in by_key.items():
+        if len(ranges) == 1:  # nothing to merge with (the common case): no sorting
+            a, b, i = ranges[0]
+            merged.append((k, a, b))
+            parts.append((a, [i]))
             continue
-        idx.sort(key=lambda i: requests[i][1])
+        ranges.sort(key=lambda r: r[0])  # stable: equal starts stay in request order
         run: list[int] = []
         lo = hi = 0
-        for i in idx:
-            _, a, b = requests[i]
+        for a, b, i in ranges:
             # Merge when the bytes skipped are few: at most `gap` and at most the size of the
             # range joining, so a merged read never fetches more waste than data.
             if run and gap >= 0 and a - hi <= min(gap, b - a) and max(hi, b) - lo <= limit:
                 run.append(i)
-                hi = max(hi, b)  # type: ignore[type-var]
+                hi = max(hi, b)
                 continue
             if run:
                 merged.append((k, lo, hi))
                 parts.append((lo, run))
-            run, lo, hi = [i], a, b  # type: ignore[assignment]
+            run, lo, hi = [i], a, b
         merged.append((k, lo, hi))
         parts.append((lo, run))
     return merged, parts
@@ -234,12 +234,12 @@ class KvStore(ABC):
     @abstractmethod
     def _list(self, prefix: str) -> Iterable[str]: ...
 
-    def _delete_many(self, keys: list[str]) -> None:
+    def _delete_many(self, keys: builtins.list[str]) -> None:
         for k in keys:
             self._delete(k)
 
     def _delete_prefix(self, prefix: str) -> None:
-        self._delete_many(self._list(prefix))  # type: ignore[arg-type]
+        self._delete_many(list(self._list(prefix)))
 
     # Default batch implementations use a thread pool; async backends override them.
     def _pool(self) -> ThreadPoolExecutor:
@@ -249,12 +249,12 @@ class KvStore(ABC):
             self._executor = pool
         return pool
 
-    def _read_many(self, keys: list[str]) -> list[bytes | None]:
+    def _read_many(self, keys: builtins.list[str]) -> builtins.list[bytes | None]:
         if len(keys) <= 1:
             return [self._read(k) for k in keys]
         return list(self._pool().map(self._read, keys))
 
-    def _read_ranges(self, requests: list[RangeRequest]) -> list[bytes | None]:
+    def _read_ranges(self, requests: builtins.list[RangeRequest]) -> builtins.list[bytes | None]:
         if len(requests) <= 1:
             return [self._read_range(*r) for r in requests]
         return list(self._pool().map(lambda r: self._read_range(*r), requests))

@@ -176,7 +176,7 @@ class FileKvStore(KvStore):
         keys = list(by_key)
 
         def one(k: str) -> list[bytes | None]:
-            return self._read_ranges_of(k, [requests[i][1:] for i in by_key[k]])  # type: ignore[misc]
+            return self._read_ranges_of(k, [requests[i][1:] for i in by_key[k]])
 
         # Small reads from the page cache take microseconds: a thread hand-off per file
         # costs more than the read, so only large batches fan out.
