@@ -4,6 +4,9 @@
 README and docs/ for the spec, URLs, transactions and sharding.
 """
 
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _distribution_version
+
 from ._recycle import set_recycling_limit
 from .batch import read_many
 from .cache import ChunkCache, Context, default_context
@@ -28,7 +31,10 @@ from .sharding import ShardingSpec
 from .transaction import Transaction
 from .volume import ChunkLayout, IndexDomain, Volume
 
-__version__ = "0.1.0"
+try:  # one source of truth: the version in pyproject.toml, as installed
+    __version__ = _distribution_version("napari-precomputed")
+except PackageNotFoundError:  # pragma: no cover - imported from a tree that is not installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "AlreadyExistsError",

@@ -1,4 +1,5 @@
-"""Command line: ``precomputed info URL``, ``precomputed demo``, ``precomputed view URL``."""
+"""Command line: ``precomputed info URL``, ``precomputed demo``, ``precomputed view URL``,
+``precomputed --version``."""
 
 from __future__ import annotations
 
@@ -117,7 +118,10 @@ def _cmd_view(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="precomputed", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="print a volume's scales as a table")
     p.add_argument("url", help="volume URL or path (gs://, s3://, https://, file://, path)")

@@ -128,6 +128,23 @@ def test_console_script_is_installed(two_scale_volume: Path) -> None:
     assert "coarse/s1" in res.stdout
 
 
+def test_version_is_the_installed_distribution_version(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from importlib.metadata import version
+
+    assert precomputed.__version__ == version("napari-precomputed")
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out == f"precomputed {precomputed.__version__}\n"
+    exe = Path(sys.executable).with_name("precomputed")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "precomputed.cli"]
+    res = subprocess.run([*cmd, "--version"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == f"precomputed {precomputed.__version__}\n"
+
+
 def test_info_on_gcs_with_the_endpoint_from_the_environment(
     gcs_bucket: str, gcs_storage_options: dict[str, Any]
 ) -> None:
