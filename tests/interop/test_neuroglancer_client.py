@@ -220,7 +220,7 @@ def test_screenshot_timeout_is_withdrawn(ng: NeuroglancerClient, rng: np.random.
     # A state without layers never becomes "ready", so its screenshot never comes.
     ng.show({}, position=[0, 0, 0], size=(32, 32))
     with pytest.raises(ScreenshotTimeout) as timeout:
-        ng.screenshot(timeout=1)
+        ng.screenshot(timeout=0.5)
     assert not isinstance(timeout.value, ChunksFailed)
     assert timeout.value.artifacts is not None and (timeout.value.artifacts / "page.png").exists()
     data = rng.integers(0, 256, (32, 32, 1), dtype=np.uint8)
