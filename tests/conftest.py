@@ -26,6 +26,11 @@ import pytest
 from precomputed.kvstore import FileKvStore, KvStore, MemoryKvStore, open_kvstore
 from servers import RangeServer
 
+# The Neuroglancer web client harness: fixtures ``neuroglancer_client`` (session) and
+# ``ng`` (per test), and a hook saving debugging files when a test using ``ng`` fails.
+# Importing it is cheap: the browser starts only when a test asks for it.
+pytest_plugins = ["neuroglancer_client"]
+
 # -- helpers --------------------------------------------------------------------------------
 
 

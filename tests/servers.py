@@ -4,6 +4,10 @@
 ``http.server`` ignores ``Range``, and fsspec then silently returns whole files), latency
 injection, a request log and a count of simultaneously open requests. It serves an
 in-memory dict keyed by decoded URL path, a local directory, or both (the dict wins).
+With ``cors=True`` it also serves web pages from another origin (the Neuroglancer client
+in tests/neuroglancer_client.py): CORS headers on every response, ``OPTIONS`` preflights
+answered, and ``Cache-Control: no-store`` so the browser's HTTP cache never hides a
+request from the log.
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ class RangeServer:
     - ``latency``: seconds slept before each response (concurrent requests overlap).
     - ``max_connections``: when set, at most this many requests are served at once; the
       rest wait, as behind a throttling server.
-    - ``requests``: ``(method, path, Range header or None)`` per request.
+    - ``cors``: answer cross-origin browser requests (see the module docstring).
+    - ``requests``: ``(method, path, Range header or None)`` per request (``OPTIONS``
+      preflights included).
     - ``max_in_flight``: the largest number of requests being served simultaneously,
       i.e. proof that a client really issued requests concurrently.
     """
@@ -41,10 +47,12 @@ class RangeServer:
         root: str | os.PathLike[str] | None = None,
         latency: float = 0.0,
         max_connections: int | None = None,
+        cors: bool = False,
     ) -> None:
         self.objects: dict[str, bytes] = dict(objects or {})
         self.root = Path(root) if root is not None else None
         self.latency = latency
+        self.cors = cors
         self.requests: list[tuple[str, str, str | None]] = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -67,6 +75,9 @@ class RangeServer:
 
             def do_GET(self) -> None:
                 owner._handle(self, body=True)
+
+            def do_OPTIONS(self) -> None:
+                owner._preflight(self)
 
         class Server(ThreadingHTTPServer):
             daemon_threads = True
@@ -124,6 +135,30 @@ class RangeServer:
         self.stop()
 
     # -- serving --------------------------------------------------------------------------
+    def _cors_headers(self) -> dict[str, str]:
+        if not self.cors:
+            return {}
+        return {
+            "Access-Control-Allow-Origin": "*",
+            # A page may only read the response headers it is allowed to.
+            "Access-Control-Expose-Headers": "Content-Range, Content-Length, Accept-Ranges",
+            "Cache-Control": "no-store",
+        }
+
+    def _preflight(self, h: BaseHTTPRequestHandler) -> None:
+        with self._lock:
+            self.requests.append((h.command, h.path, h.headers.get("Range")))
+        if not self.cors:
+            _send(h, 405, b"", False, {"Allow": "GET, HEAD"})
+            return
+        headers = self._cors_headers()
+        headers["Access-Control-Allow-Methods"] = "GET, HEAD, OPTIONS"
+        headers["Access-Control-Allow-Headers"] = h.headers.get(
+            "Access-Control-Request-Headers", "Range"
+        )
+        headers["Access-Control-Max-Age"] = "600"
+        _send(h, 204, b"", False, headers)
+
     def _lookup(self, path: str) -> bytes | None:
         path = unquote(path)  # objects are keyed by decoded paths, like files on disk
         data = self.objects.get(path)
@@ -152,6 +187,7 @@ class RangeServer:
             if self.latency:
                 time.sleep(self.latency)
             status, payload, headers = self._response(h.path.split("?", 1)[0], rng)
+            headers.update(self._cors_headers())
         finally:
             # Count the request as finished *before* answering: the client may start its
             # next request as soon as it has the answer, and must not be counted twice.
