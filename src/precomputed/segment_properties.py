@@ -587,7 +587,7 @@ def _locate(source: Any, storage_options: Mapping[str, Any]) -> tuple[KvStore, s
     """(store, path, info JSON at path) of a volume, a URL or a (store, path) pair."""
     if hasattr(source, "kvstore") and hasattr(source, "info"):
         kv, path = volume_location(source)
-        return kv, path, source.info
+        return kv, path, read_json(kv, path + "info")  # current, not as opened
     if isinstance(source, tuple):
         kv, path = source
     else:

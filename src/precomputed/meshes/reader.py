@@ -454,10 +454,11 @@ def open(source: Any, **storage_options: Any) -> MeshSource:  # noqa: A001
     """Meshes of a segmentation: an opened :class:`~precomputed.Volume` or a URL, either
     of the volume (its ``info`` names the mesh directory in ``"mesh"``) or of the mesh
     directory itself. A directory without ``info`` is read as legacy meshes, as
-    Neuroglancer does."""
+    Neuroglancer does. A volume's ``info`` is read again (it may have changed)."""
     if hasattr(source, "kvstore") and hasattr(source, "info"):
         kv, path = volume_location(source)
-        info: Any = source.info
+        # Re-read: meshes may have been added since the volume was opened.
+        info: Any = read_json(kv, path + "info")
     else:
         url = str(source)
         if url.startswith("precomputed://"):
