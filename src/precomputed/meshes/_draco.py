@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import CorruptDataError
+from ..errors import CorruptDataError, InvalidArgumentError
 
 __all__ = ["decode_fragment", "encode_fragment"]
 
@@ -49,11 +49,16 @@ def encode_fragment(positions: np.ndarray, faces: np.ndarray, bits: int, level: 
     """Encode integer positions (stored as a signed 32-bit integer attribute, which is
     what Neuroglancer's decoder takes as-is; Draco's own quantization is not used)."""
     dracopy = _dracopy()
-    return bytes(
-        dracopy.encode(
-            np.ascontiguousarray(positions, dtype=np.int32).reshape(-1, 3),
-            np.ascontiguousarray(faces, dtype=np.uint32).reshape(-1, 3),
-            quantization_bits=bits,
-            compression_level=level,
+    try:
+        return bytes(
+            dracopy.encode(
+                np.ascontiguousarray(positions, dtype=np.int32).reshape(-1, 3),
+                np.ascontiguousarray(faces, dtype=np.uint32).reshape(-1, 3),
+                quantization_bits=bits,
+                compression_level=level,
+            )
         )
-    )
+    except Exception as e:  # DracoPy.EncodingFailedException
+        raise InvalidArgumentError(
+            f"Draco could not encode a fragment of {len(faces)} triangles: {e}"
+        ) from None

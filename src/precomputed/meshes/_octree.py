@@ -60,7 +60,7 @@ def cut_on_grid(
     crosses one. Returns ``(vertices, faces, cell)``: ``cell`` is each face's ``(m, 3)``
     grid cell. Vertices created on a plane lie exactly on it; the copies made for the two
     triangles sharing a cut edge are identical (computed from the edge's ends in the same
-    order), so :func:`_compact` merges them."""
+    order), so Draco's encoder merges them."""
     v = np.asarray(vertices, np.float64).reshape(-1, 3)
     f = np.asarray(faces, np.int64).reshape(-1, 3)
     o = np.asarray(origin, np.float64)
@@ -142,10 +142,10 @@ def _edge_points(
 
 
 def _compact(v: np.ndarray, f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The vertices ``f`` uses (identical positions merged), faces re-indexed."""
+    """The vertices ``f`` uses, faces re-indexed (the identical copies made on cut edges
+    are merged by Draco's encoder, which deduplicates positions)."""
     used, inverse = np.unique(f.reshape(-1), return_inverse=True)
-    pos, inv2 = np.unique(v[used], axis=0, return_inverse=True)
-    return pos, inv2.reshape(-1)[inverse.reshape(-1)].reshape(-1, 3)
+    return v[used], inverse.reshape(-1, 3)
 
 
 def _quantize(local: np.ndarray, bits: int, partitioned: bool) -> np.ndarray:
@@ -199,7 +199,16 @@ def encode_lods(
                 continue
             pv, pf = _compact(v, f[starts[k] : stops[k]])
             local = (pv - plan.origin - nodes[k] * node_size) / node_size
-            blob = encode_fragment(_quantize(local, bits, lod > 0), pf, bits, draco_level)
+            q = _quantize(local, bits, lod > 0)
+            t = q[pf]  # slivers of the cuts may collapse to a point or edge: drop them
+            solid = ~(
+                (t[:, 0] == t[:, 1]).all(1)
+                | (t[:, 1] == t[:, 2]).all(1)
+                | (t[:, 0] == t[:, 2]).all(1)
+            )
+            if not solid.any():
+                continue
+            blob = encode_fragment(q, pf[solid], bits, draco_level)
             lod_sizes[k] = len(blob)
             data.append(blob)
         positions.append(nodes.astype(np.uint32))
