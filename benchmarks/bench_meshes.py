@@ -9,7 +9,7 @@ CloudVolume and Igneous on the same data.
    (sharded, multi-resolution) vs Igneous' ``MeshTask`` + ``MultiResShardedMeshMergeTask``
    (LocalTaskQueue, one process each).
 
-    python benchmarks/bench_meshes.py [--small] [--keep DIR]
+    python benchmarks/bench_meshes.py [--small | --size N] [--keep DIR]
 
 Prints times and ratios (ours / theirs: below 1 means faster).
 """
@@ -184,13 +184,14 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--small", action="store_true", help="a 128^3 segmentation (quick run)")
+    ap.add_argument("--size", type=int, help="edge of the segmentation (default 512, --small 128)")
     ap.add_argument("--keep", type=Path, help="work in this directory and keep it")
     args = ap.parse_args()
-    n = 128 if args.small else 512
+    n = args.size or (128 if args.small else 512)
     root = args.keep or Path(tempfile.mkdtemp(prefix="bench_meshes_"))
     root.mkdir(parents=True, exist_ok=True)
     try:
-        seg = segmentation(n, cell=24 if args.small else 64)
+        seg = segmentation(n, cell=64 if n >= 512 else 24)
         bench_generation(root, seg)
         bench_fetch(root, seg)
     finally:
