@@ -294,3 +294,17 @@ def test_coarsest_lod_round_trips(igneous: dict[str, Path], http_server: RangeSe
     http_server.clear_log()
     src.get(7, 0)
     assert len(http_server.requests) == 1
+
+
+def test_sources_are_thread_safe(igneous: dict[str, Path]) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    src = meshes.open("file://" + str(igneous["sharded"]))
+    expected = {sid: meshes.open("file://" + str(igneous["sharded"])).get(sid, 0) for sid in IDS}
+    with ThreadPoolExecutor(8) as pool:
+        got = list(
+            pool.map(lambda k: (IDS[k % len(IDS)], src.get(IDS[k % len(IDS)], 0)), range(64))
+        )
+    for sid, mesh in got:
+        np.testing.assert_array_equal(mesh.vertices, expected[sid].vertices)
+        np.testing.assert_array_equal(mesh.faces, expected[sid].faces)

@@ -192,6 +192,8 @@ def generate(
                 m = mesher.get(
                     label, normals=False, reduction_factor=reduction_factor, max_error=error
                 )
+                if not np.isfinite(m.vertices).all():  # the simplifier failed: unsimplified
+                    m = mesher.get(label, normals=False, reduction_factor=0)
                 if len(m.faces):
                     pieces.setdefault(int(label), []).append(
                         ((m.vertices + shift).astype(np.float64), np.asarray(m.faces, np.int64))

@@ -129,8 +129,9 @@ def lod_meshes(mesh: Mesh, count: int, options: LodOptions, resolution: np.ndarr
                 reduction_factor=options.lod_reduction,
                 max_error=base * (1 << (lod - 1)) / unit,
             )
-            if len(simple.faces):
-                v, f = np.asarray(simple.vertices, np.float64), np.asarray(simple.faces, np.uint32)
+            sv = np.asarray(simple.vertices, np.float64)
+            if len(simple.faces) and np.isfinite(sv).all():  # else keep the finer mesh
+                v, f = sv, np.asarray(simple.faces, np.uint32)
         out.append(Mesh(v * unit + corner, f))
     return out
 
@@ -201,6 +202,8 @@ class MultiLodWriter:
         if not mesh:
             self.delete(sid)
             return
+        if not np.isfinite(mesh.vertices).all():
+            raise InvalidArgumentError(f"the mesh of segment {sid} has non-finite vertices")
         manifest, data = self.encode(mesh)
         self.stats.fragments += sum(int((s > 0).sum()) for s in manifest.fragment_sizes)
         blob = manifest.encode()
