@@ -185,6 +185,10 @@ def test_hostile_unsharded_files(igneous: dict[str, Path], tmp_path: Path) -> No
     (d / "mesh" / "7.index").write_bytes(_manifest(1, [1], [1 << 30]))
     with pytest.raises(CorruptDataError, match=r"mesh/7.*\[0, 1073741824\)"):
         meshes.open("file://" + str(d)).get(7)
+    # A manifest claiming more than MAX_LOD_BYTES for a LOD: refused before any request.
+    (d / "mesh" / "7.index").write_bytes(_manifest(1, [3], [0xFFFFFFFF] * 3))
+    with pytest.raises(CorruptDataError, match="MAX_LOD_BYTES"):
+        meshes.open("file://" + str(d)).get(7)
     # Fragment bytes that are not Draco.
     (d / "mesh" / "7.index").write_bytes(_manifest(1, [1], [16]))
     (d / "mesh" / "7").write_bytes(b"\xff" * 16)

@@ -141,6 +141,9 @@ class MultiLodMeshSource(MeshSource):
     format = MULTILOD_TYPE
     #: Extra bytes read with a manifest when the coarsest LOD is asked for (see module).
     SPECULATIVE_BYTES = 64 * 1024
+    #: Most fragment bytes of one LOD of one segment fetched (a manifest claiming more is
+    #: refused as corrupt before anything is requested).
+    MAX_LOD_BYTES = 1 << 30
 
     def __init__(self, kvstore: KvStore, prefix: str, info: MeshInfo) -> None:
         super().__init__(kvstore, prefix, info)
@@ -283,6 +286,12 @@ class MultiLodMeshSource(MeshSource):
                     f"segment {i} has {n} levels of detail (0-{n - 1}); lod {k} requested"
                 )
             a, b = loc.manifest.lod_range(k)
+            if b - a > self.MAX_LOD_BYTES:
+                raise CorruptDataError(
+                    f'Error reading mesh of segment {i} in "{self.kvstore.url}{loc.key}": its '
+                    f"manifest gives lod {k} {b - a} bytes of fragments, more than the "
+                    f"{self.MAX_LOD_BYTES} accepted (MultiLodMeshSource.MAX_LOD_BYTES)"
+                )
             plan.append((i, k, loc.data_start + a, loc.data_start + b))
         data = self._lod_bytes(plan, found, spare)
         return {
