@@ -126,7 +126,8 @@ def bench_fetch(root: Path, seg: np.ndarray) -> None:
     from cloudvolume import CloudVolume
 
     # Unsharded copy of the meshes for the unsharded rows.
-    vol_u = write_volume(root / "unsharded", seg[:128, :128, :128] if seg.shape[0] > 128 else seg)
+    crop = seg[:128, :128, :128] if seg.shape[0] > 128 else seg
+    vol_u = write_volume(root / "unsharded", crop)
     meshes.write(
         precomputed.open(vol_u),
         block_shape=(128,) * 3,
@@ -136,7 +137,7 @@ def bench_fetch(root: Path, seg: np.ndarray) -> None:
         print(f"\n## Coarsest LOD of one segment over a {LATENCY * 1e3:.0f} ms server (cold)")
         for name in ("unsharded", "ours"):
             url = f"{server.url}/{name}"
-            first = _ids(meshes.open(url), 1)[0]
+            first = _ids(crop if name == "unsharded" else seg, 1)[0]
             src = meshes.open(url)  # cold: no manifest or shard index cached
             t, n, rt = round_trips(server, lambda src=src, first=first: src.coarsest(first))
             label = "sharded" if name == "ours" else name
@@ -146,7 +147,7 @@ def bench_fetch(root: Path, seg: np.ndarray) -> None:
         )
         url = f"{server.url}/ours"
         probe = meshes.open(url)
-        ids = _ids(probe, 50)
+        ids = _ids(seg, 50)
         nlods = {i: probe.lods(i) for i in ids}
         by_lod = [[i for i in ids if nlods[i] > lod] for lod in range(max(nlods.values()))]
 
@@ -173,10 +174,12 @@ def bench_fetch(root: Path, seg: np.ndarray) -> None:
         print(f"  ratio ours/cloudvolume: {t_o / t_t:.2f}")
 
 
-def _ids(src: meshes.MeshSource, n: int) -> list[int]:
-    cand = list(range(1, 20000))
-    have = src.has_mesh(cand[: 4 * n])
-    return [i for i, h in zip(cand, have, strict=False) if h][:n]
+def _ids(seg: np.ndarray, n: int) -> list[int]:
+    """``n`` segment ids of ``seg`` spread over its id range (no probing of the server)."""
+    ids = np.unique(seg)
+    ids = ids[ids != 0]
+    pick = np.linspace(0, len(ids) - 1, min(n, len(ids))).astype(int)
+    return [int(i) for i in ids[pick]]
 
 
 def main() -> None:
@@ -186,14 +189,29 @@ def main() -> None:
     ap.add_argument("--small", action="store_true", help="a 128^3 segmentation (quick run)")
     ap.add_argument("--size", type=int, help="edge of the segmentation (default 512, --small 128)")
     ap.add_argument("--keep", type=Path, help="work in this directory and keep it")
+    ap.add_argument(
+        "--only",
+        choices=("generate", "fetch"),
+        help="run one part (fetch still meshes the data, untimed)",
+    )
     args = ap.parse_args()
     n = args.size or (128 if args.small else 512)
     root = args.keep or Path(tempfile.mkdtemp(prefix="bench_meshes_"))
     root.mkdir(parents=True, exist_ok=True)
     try:
         seg = segmentation(n, cell=64 if n >= 512 else 24)
-        bench_generation(root, seg)
-        bench_fetch(root, seg)
+        if args.only != "fetch":
+            bench_generation(root, seg)
+        else:
+            url = write_volume(root / "ours", seg)
+            meshes.write(
+                precomputed.open(url),
+                sharding="auto",
+                block_shape=(min(n, 256),) * 3,
+                options=meshes.LodOptions(chunk_voxels=32, max_lods=4),
+            )
+        if args.only != "generate":
+            bench_fetch(root, seg)
     finally:
         if args.keep is None:
             shutil.rmtree(root, ignore_errors=True)
