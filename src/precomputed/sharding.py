@@ -501,7 +501,11 @@ def decode_chunk_data(data: bytes | memoryview, spec: ShardingSpec, what: str) -
 
 
 def encode_shard(
-    chunks: Mapping[int, bytes | memoryview], spec: ShardingSpec, *, data_encoded: bool = False
+    chunks: Mapping[int, bytes | memoryview],
+    spec: ShardingSpec,
+    *,
+    data_encoded: bool = False,
+    prefixes: Mapping[int, bytes | memoryview] | None = None,
 ) -> bytes | None:
     """Encode a whole shard file from ``{chunk id: chunk bytes}``; ``None`` if no chunks.
 
@@ -510,6 +514,10 @@ def encode_shard(
     decode=False)``). All chunks must belong to the same shard. Layout as TensorStore
     writes it (§5.5): minishards ascending, in each the chunks by ascending id, then the
     minishard index; the shard index in front.
+
+    ``prefixes`` (``{chunk id: bytes}``) are stored verbatim immediately before a chunk's
+    data, outside its indexed byte range and never encoded: the sharded multi-resolution
+    mesh format keeps a segment's fragment data there, in front of its manifest.
     """
     if not chunks:
         return None
@@ -543,6 +551,10 @@ def encode_shard(
         ends = np.empty(j - i, dtype=np.uint64)
         for k, chunk_id in enumerate(group):
             data = chunks[chunk_id]
+            prefix = prefixes.get(chunk_id) if prefixes else None
+            if prefix:
+                pieces.append(prefix)
+                offset += len(prefix)
             if gzip_data:
                 data = _gzip_compress(data)
             elif not isinstance(data, bytes):
