@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from precomputed import Volume
-from precomputed._arraylike import ArrayLike
-from precomputed.lazy import compose_selection, selection_length
+from precomputed.internal.arraylike import ArrayLike
+from precomputed.internal.selection import compose_selection, selection_length
 
 __all__ = ["LevelArray", "LAYOUTS"]
 

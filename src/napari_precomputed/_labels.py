@@ -43,7 +43,7 @@ import numpy as np
 import precomputed
 from precomputed import InvalidArgumentError, OutOfRangeError, PrecomputedError, Volume
 from precomputed.downsample import downsample_mode
-from precomputed.grid import Box
+from precomputed.internal.geometry import Box
 from precomputed.storage import CommitStats
 from precomputed.transaction import Transaction
 

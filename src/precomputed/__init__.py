@@ -7,7 +7,6 @@ README and docs/ for the spec, URLs, transactions and sharding.
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _distribution_version
 
-from ._recycle import set_recycling_limit
 from .batch import read_many
 from .cache import ChunkCache, Context, default_context
 from .dask import store, to_dask
@@ -24,6 +23,7 @@ from .errors import (
     ReadOnlyError,
     UnimplementedError,
 )
+from .internal.recycle import set_recycling_limit
 from .kvstore import KvStore, open_kvstore
 from .lazy import ZyxArray
 from .metadata import MultiscaleMetadata, ScaleMetadata

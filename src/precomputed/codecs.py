@@ -30,8 +30,10 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from precomputed import _cseg_native, _deflate, _recycle
+from precomputed import _cseg_native, _deflate
 from precomputed.errors import CorruptDataError, InvalidArgumentError
+
+from .internal import recycle
 
 __all__ = [
     "ENCODINGS",
@@ -1082,7 +1084,7 @@ def _cseg_decode(
     if c == 1 and channels[0].library_safe and not _cseg_native.AVAILABLE:
         whole = data if type(data) is bytes and offsets[0] == 1 else None
         return channels[0].decode_with_library(whole).reshape(shape)
-    out = _recycle.empty(shape, dtype)
+    out = recycle.empty(shape, dtype)
     _cseg_channels_into(channels, out)
     return out
 

@@ -14,7 +14,7 @@ from typing import Any
 from . import metadata as md
 from .cache import Context, default_context
 from .errors import AlreadyExistsError, FailedPreconditionError, NotFoundError
-from .grid import ChunkGrid
+from .internal.geometry import ChunkGrid
 from .kvstore import NO_VALUE, KvStore, open_kvstore
 from .spec import OpenRequest, bound_spec, parse_spec
 from .storage import ChunkStore, ShardedChunkStore, UnshardedChunkStore

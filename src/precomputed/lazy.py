@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._arraylike import ArrayLike
 from .errors import InvalidArgumentError
+from .internal.arraylike import ArrayLike
+from .internal.selection import compose_selection, is_basic_index, selection_length
 
 if TYPE_CHECKING:
     from .volume import Volume
@@ -94,7 +95,7 @@ class ZyxArray(ArrayLike):
         return self.__array__()
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        if _is_basic(key):
+        if is_basic_index(key):
             view = self[key]
             if any(st != 1 for a, (_, _, st) in enumerate(view._sel) if a in view._kept):
                 view._write_strided(value)
@@ -131,59 +132,3 @@ class ZyxArray(ArrayLike):
         block = np.array(sub)
         block[tuple(i - a for i, a in zip(idx, lo, strict=True))] = value
         sub._write(block)
-
-
-def selection_length(start: int, stop: int, step: int) -> int:
-    return max(0, -(-(stop - start) // step))
-
-
-Selection = tuple[tuple[int, int, int], ...]
-
-
-def compose_selection(
-    sel: Selection, kept: tuple[int, ...], key: Any
-) -> tuple[Selection, tuple[int, ...]]:
-    """Apply a basic numpy index to a lazy selection without I/O.
-
-    ``sel`` holds ``(start, stop, step)`` per underlying axis and ``kept`` the axes still
-    visible; integers drop an axis, slices (positive steps) compose, ``...`` expands.
-    Shared by every lazy view here so they all index exactly like numpy.
-    """
-    ndim = len(kept)
-    if not isinstance(key, tuple):
-        key = (key,)
-    if sum(k is Ellipsis for k in key) > 1:
-        raise IndexError("an index can only have a single ellipsis ('...')")
-    if any(k is Ellipsis for k in key):
-        i = next(i for i, k in enumerate(key) if k is Ellipsis)
-        key = key[:i] + (slice(None),) * (ndim - len(key) + 1) + key[i + 1 :]
-    if len(key) > ndim:
-        raise IndexError(f"too many indices for array: {len(key)} > {ndim}")
-    key = key + (slice(None),) * (ndim - len(key))
-    out = list(sel)
-    new_kept: list[int] = []
-    for a, k in zip(kept, key, strict=True):
-        s0, s1, st = out[a]
-        n = selection_length(s0, s1, st)
-        if isinstance(k, slice):
-            a0, a1, ast = k.indices(n)
-            if ast <= 0:
-                raise IndexError("negative steps are not supported on lazy views")
-            m = selection_length(a0, a1, ast)
-            p0 = s0 + a0 * st
-            out[a] = (p0, p0 + (m - 1) * st * ast + 1 if m else p0, st * ast)
-            new_kept.append(a)
-        elif isinstance(k, (int, np.integer)):
-            i = int(k) + n if int(k) < 0 else int(k)
-            if not 0 <= i < n:
-                raise IndexError(f"index {int(k)} is out of bounds for axis with size {n}")
-            p = s0 + i * st
-            out[a] = (p, p + 1, 1)
-        else:
-            raise IndexError(f"only integers and slices are supported on lazy views, got {k!r}")
-    return tuple(out), tuple(new_kept)
-
-
-def _is_basic(key: Any) -> bool:
-    items = key if isinstance(key, tuple) else (key,)
-    return all(isinstance(k, (slice, int, np.integer)) or k is Ellipsis for k in items)

@@ -16,7 +16,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from ._jsonparse import (
+from .errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+)
+from .internal.jsonparse import (
     MISSING,
     SUPPORTED_DTYPES,
     check_extra_members,
@@ -35,12 +41,6 @@ from ._jsonparse import (
     position,
     require_object,
     validate_dtype,
-)
-from .errors import (
-    AlreadyExistsError,
-    FailedPreconditionError,
-    InvalidArgumentError,
-    NotFoundError,
 )
 from .schema import (
     CodecSpec,

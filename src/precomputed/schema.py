@@ -16,7 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ._jsonparse import (
+from .errors import FailedPreconditionError, InvalidArgumentError
+from .internal.jsonparse import (
     MISSING,
     SUPPORTED_DTYPES,
     RankError,
@@ -37,7 +38,6 @@ from ._jsonparse import (
     require_object,
     validate_dtype,
 )
-from .errors import FailedPreconditionError, InvalidArgumentError
 
 if TYPE_CHECKING:
     from .metadata import MultiscaleMetadata

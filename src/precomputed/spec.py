@@ -23,7 +23,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from ._jsonparse import (
+from .errors import InvalidArgumentError
+from .internal.jsonparse import (
     MISSING,
     check_extra_members,
     dump_json,
@@ -37,7 +38,6 @@ from ._jsonparse import (
     require_object,
     validate_dtype,
 )
-from .errors import InvalidArgumentError
 from .metadata import (
     MultiscaleConstraints,
     MultiscaleMetadata,

@@ -24,7 +24,7 @@ from cachetools import LRUCache
 from . import sharding as sh
 from .codecs import gzip_decompress
 from .errors import ConditionFailedError, CorruptDataError
-from .grid import ChunkGrid, Vec3
+from .internal.geometry import ChunkGrid, Vec3
 from .kvstore import NO_VALUE, KvStore
 
 __all__ = [

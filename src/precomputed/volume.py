@@ -19,12 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import _recycle
-from ._arraylike import ArrayLike
 from ._cseg_slab import decode_cseg_region
 from .codecs import ChunkEncoding, decode_chunk, decode_chunk_into, encode_chunk
 from .errors import InvalidArgumentError, NotFoundError, OutOfRangeError
-from .grid import Box, ChunkGrid, Vec3
+from .internal import recycle
+from .internal.arraylike import ArrayLike
+from .internal.geometry import Box, ChunkGrid, Vec3
+from .internal.selection import normalize_index
 from .storage import ChunkStore, CommitStats, UnshardedChunkStore
 from .transaction import GROUP_CONCURRENCY, Transaction, commit_chunks
 
@@ -393,7 +394,7 @@ class ScaleHandle:
             and (txn is None or txn.get(self, cells[0]) is None)
         ):
             return self._read_one_chunk(cells[0], txn)
-        out = _recycle.zeros(shape, self.dtype)
+        out = recycle.zeros(shape, self.dtype)
 
         def place(pos: Vec3, chunk: np.ndarray | None) -> None:
             if chunk is None:
@@ -429,7 +430,7 @@ class ScaleHandle:
         # Every voxel of a box lies in one of its chunks, which fill it or (missing) zero it:
         # no need to zero whole outputs first, which costs a memset each.
         outs = [
-            _recycle.empty((c1 - c0, *reversed(box.shape)), self.dtype)
+            recycle.empty((c1 - c0, *reversed(box.shape)), self.dtype)
             for box, (c0, c1) in requests
         ]
         users: dict[Vec3, list[int]] = {}
@@ -562,7 +563,7 @@ class ScaleHandle:
             and not self.context.cache.keeps(math.prod(shape) * self.dtype.itemsize)
         ):
             # Read the file straight into the array we return: one allocation, one copy.
-            arr = _recycle.empty(shape, self.dtype)
+            arr = recycle.empty(shape, self.dtype)
             if self.kvstore.read_into(self.store.key(pos), arr) is True:
                 return arr
         got: list[np.ndarray | None] = []
@@ -770,23 +771,6 @@ class ScaleHandle:
         return total
 
 
-def _normalize_index(key: Any, ndim: int) -> list[Any]:
-    if not isinstance(key, tuple):
-        key = (key,)
-    if any(k is None for k in key):
-        raise InvalidArgumentError("newaxis (None) indexing is not supported")
-    n_ell = sum(1 for k in key if k is Ellipsis)
-    if n_ell > 1:
-        raise InvalidArgumentError("an index can only have a single ellipsis ('...')")
-    if n_ell == 1:
-        i = next(i for i, k in enumerate(key) if k is Ellipsis)
-        fill = ndim - (len(key) - 1)
-        key = key[:i] + (slice(None),) * fill + key[i + 1 :]
-    if len(key) > ndim:
-        raise InvalidArgumentError(f"too many indices: {len(key)} for an array of rank {ndim}")
-    return list(key) + [slice(None)] * (ndim - len(key))
-
-
 class Volume(ArrayLike):
     """A lazy view of one scale: dimensions x, y, z, channel in absolute coordinates.
 
@@ -918,7 +902,7 @@ class Volume(ArrayLike):
         return Volume(self._h, start, stop, kept, self._txn)
 
     def _index(self, key: Any) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
-        items = _normalize_index(key, self.ndim)
+        items = normalize_index(key, self.ndim)
         start, stop = list(self._start), list(self._stop)
         kept: list[int] = []
         for d, k in zip(self._kept, items, strict=True):

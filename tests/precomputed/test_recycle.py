@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import precomputed
-from precomputed import Context, _recycle
+from precomputed import Context
+from precomputed.internal import recycle as _recycle
 from precomputed.kvstore import MemoryKvStore
 from volumes import volume_spec
 

@@ -1,7 +1,7 @@
-"""Chunk-grid geometry of one scale: no I/O, no encoding.
+"""Geometry in voxels and chunk-grid cells: the one ``Vec3``, ``Box`` and ``ChunkGrid``.
 
-The grid origin is the scale's ``voxel_offset``; the last cell of each dimension is
-clipped to the volume (chunks on disk have the clipped shape, never padding).
+No I/O, no encoding. A scale's grid origin is its ``voxel_offset``; the last cell of each
+dimension is clipped to the volume (chunks on disk have the clipped shape, never padding).
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ChunkGrid", "Box"]
+__all__ = ["Vec3", "ChunkGrid", "Box"]
 
+#: An x, y, z triple of integers (a voxel, a size, a chunk grid position).
 Vec3 = tuple[int, int, int]
 
 

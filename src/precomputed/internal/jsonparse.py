@@ -1,9 +1,11 @@
-"""JSON parsing primitives shared by :mod:`.schema`, :mod:`.metadata` and :mod:`.spec`.
+"""JSON parsing primitives shared by the spec, schema, metadata and sharding parsers.
 
 They report problems in TensorStore's words, so messages can be compared with (and
 searched like) TensorStore's: ``Error parsing object member "x": Error parsing value at
 position 1: Expected 64-bit signed integer, but received: 10.5``. Everything raises
-:class:`InvalidArgumentError`; callers that parse *stored* data convert the class.
+:class:`InvalidArgumentError`; callers that parse *stored* data convert the class (keeping
+:attr:`~precomputed.errors.PrecomputedError.member_path`, which :func:`member` and
+:func:`position` fill as they add their prefixes: ``("x", 1)`` above).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from .errors import InvalidArgumentError
+from ..errors import InvalidArgumentError
 
 SUPPORTED_DTYPES = ("uint8", "uint16", "uint32", "int8", "int16", "int32", "uint64", "float32")
 # Every TensorStore dtype name: a known name outside SUPPORTED_DTYPES gets the "not one of
@@ -69,7 +71,9 @@ def member(name: str) -> Iterator[None]:
     except RankError:
         raise
     except InvalidArgumentError as e:
-        raise InvalidArgumentError(f'Error parsing object member "{name}": {e}') from None
+        raise InvalidArgumentError(
+            f'Error parsing object member "{name}": {e}', member_path=(name, *e.member_path)
+        ) from None
 
 
 @contextmanager
@@ -80,7 +84,9 @@ def position(index: int) -> Iterator[None]:
     except RankError:
         raise
     except InvalidArgumentError as e:
-        raise InvalidArgumentError(f"Error parsing value at position {index}: {e}") from None
+        raise InvalidArgumentError(
+            f"Error parsing value at position {index}: {e}", member_path=(index, *e.member_path)
+        ) from None
 
 
 def as_int(value: Any) -> int | None:
