@@ -71,8 +71,6 @@ __all__ = [
     "validate_metadata_compatibility",
     "scale_key_from_resolution",
     "resolve_scale_key",
-    "normalize_path",
-    "join_path",
 ]
 
 MULTISCALE_TYPE = "neuroglancer_multiscale_volume"
@@ -913,20 +911,6 @@ def _creation_codec(sc: ScaleConstraints) -> CodecSpec:
 def scale_key_from_resolution(resolution: Sequence[float]) -> str:
     """``"<x>_<y>_<z>"`` with ``%g`` formatting: ``[4.5, 0.1, 1e-7]`` -> ``4.5_0.1_1e-07``."""
     return "_".join(format_g(float(r)) for r in resolution)
-
-
-def normalize_path(path: str) -> str:
-    """A directory path: ``""`` stays empty, ``"/"`` becomes empty, else ends with ``/``."""
-    if not path or path == "/":
-        return ""
-    return path if path.endswith("/") else path + "/"
-
-
-def join_path(base: str, component: str) -> str:
-    """TensorStore's path append: a ``/`` is inserted only if neither side has one."""
-    if base and component and not base.endswith("/") and not component.startswith("/"):
-        return f"{base}/{component}"
-    return base + component
 
 
 def resolve_scale_key(path: str, key: str) -> str:

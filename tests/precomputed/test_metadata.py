@@ -27,8 +27,6 @@ from precomputed.metadata import (
     ScaleConstraints,
     ScaleMetadata,
     create_scale,
-    join_path,
-    normalize_path,
     resolve_scale_key,
     scale_key_from_resolution,
     select_scale,
@@ -843,13 +841,6 @@ def test_scale_key_from_resolution(resolution: list[float], key: str) -> None:
 )
 def test_resolve_scale_key(path: str, key: str, resolved: str) -> None:
     assert resolve_scale_key(path, key) == resolved
-
-
-def test_normalize_and_join_path() -> None:
-    assert normalize_path("") == "" and normalize_path("/") == ""
-    assert normalize_path("vol") == "vol/" and normalize_path("a/b/") == "a/b/"
-    assert join_path("a/b", "c") == "a/b/c" and join_path("a/b/", "/c") == "a/b//c"
-    assert join_path("", "c") == "c" and join_path("a", "") == "a"
 
 
 def test_validate_metadata_compatibility() -> None:

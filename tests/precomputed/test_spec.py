@@ -29,7 +29,7 @@ from precomputed.schema import (
     scale_codec,
     scale_domain,
 )
-from precomputed.spec import OpenRequest, bound_spec, parse_spec, parse_url
+from precomputed.spec import OpenRequest, bound_spec, parse_spec
 
 ts = pytest.importorskip("tensorstore")
 
@@ -394,12 +394,6 @@ def test_relative_local_path_is_made_absolute(
     r = parse_spec("vol")
     assert r.kvstore_spec() == {"driver": "file", "path": str(tmp_path / "vol") + "/"}
     assert r.info_key == str(tmp_path / "vol" / "info")[1:]
-
-
-def test_unsupported_urls() -> None:
-    for url in ("ftp://x/y", "gs:///nobucket", "file://relative", "memory://a|zarr:"):
-        with pytest.raises(InvalidArgumentError):
-            parse_url(url)
 
 
 @pytest.mark.parametrize(

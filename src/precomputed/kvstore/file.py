@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 from ..errors import InvalidArgumentError
 from .base import NO_VALUE, Generation, KvStore
-from .fsspec_store import check_key
+from .keys import check_key
 
 try:
     import fcntl
@@ -74,7 +74,9 @@ def _generation(st: os.stat_result) -> Generation:
 class FileKvStore(KvStore):
     """Store rooted at a local directory. ``fsync=True`` also makes writes durable."""
 
-    supports_conditional_writes = True
+    conditional_writes = True
+    cheap_misses = True
+    reads_into = hasattr(os, "readv")
 
     def __init__(
         self, root: str | os.PathLike[str], *, fsync: bool = False, concurrency: int | None = None
