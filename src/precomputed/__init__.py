@@ -27,9 +27,10 @@ from .internal.recycle import set_recycling_limit
 from .kvstore import KvStore, open_kvstore
 from .lazy import ZyxArray
 from .metadata import MultiscaleMetadata, ScaleMetadata
+from .schema import ChunkLayout
 from .sharding import ShardingSpec
 from .transaction import Transaction
-from .volume import ChunkLayout, IndexDomain, Volume
+from .volume import IndexDomain, Volume
 
 try:  # one source of truth: the version in pyproject.toml, as installed
     __version__ = _distribution_version("napari-precomputed")

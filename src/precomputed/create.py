@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from . import constraints
 from . import metadata as md
 from .downsample import METHODS, check_factor, downsampled_geometry
 from .downsample import downsample as downsample_array
@@ -168,7 +169,7 @@ def plan_scale(
     req = parse_spec(spec, create=True)
     if existing is not None and not isinstance(existing, md.MultiscaleMetadata):
         existing = md.MultiscaleMetadata.from_json(existing)
-    meta, index = md.create_scale(existing, req.multiscale, req.scale, req.scale_index, req.schema)
+    meta, index = constraints.create_scale(existing, req.multiscale, req.scale, req.scale_index, req.schema)
     return ScalePlan(meta, index)
 
 

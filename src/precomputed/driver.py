@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import constraints
 from . import metadata as md
 from .cache import Context, default_context
 from .errors import AlreadyExistsError, FailedPreconditionError, NotFoundError
@@ -67,7 +68,7 @@ def open(
         kv.delete_prefix(path)
 
     if req.assume_metadata or req.assume_cached_metadata:
-        created, index = md.create_scale(
+        created, index = constraints.create_scale(
             None, req.multiscale, req.scale, req.scale_index, req.schema
         )
         return _make_volume(kv, path, created, index, None, req, ctx)
@@ -77,7 +78,7 @@ def open(
         if req.open:
             if meta is not None:
                 try:
-                    index, chunk = md.select_scale(
+                    index, chunk = constraints.select_scale(
                         meta, req.multiscale, req.scale, req.scale_index, req.schema
                     )
                 except NotFoundError:
@@ -89,7 +90,7 @@ def open(
             elif not req.create:
                 raise NotFoundError(f'Metadata at "{info_key}" does not exist')
         try:
-            new_meta, index = md.create_scale(
+            new_meta, index = constraints.create_scale(
                 meta, req.multiscale, req.scale, req.scale_index, req.schema
             )
         except AlreadyExistsError:

@@ -22,10 +22,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
+from .codecs.table import check_data_type
+from .constraints import MultiscaleConstraints, ScaleConstraints, constraint_domain
 from .errors import InvalidArgumentError
 from .internal.jsonparse import (
     MISSING,
     check_extra_members,
+    concerning,
     dump_json,
     fail,
     member,
@@ -35,15 +38,9 @@ from .internal.jsonparse import (
     parse_string,
     parse_uint64,
     require_object,
-    validate_dtype,
 )
 from .kvstore.url import join_path, normalize_path, parse_url
-from .metadata import (
-    MultiscaleConstraints,
-    MultiscaleMetadata,
-    ScaleConstraints,
-    constraint_domain,
-)
+from .metadata import MultiscaleMetadata
 from .schema import (
     DRIVER_ALIASES,
     DRIVER_ID,
@@ -371,7 +368,8 @@ def _parse_object(obj: dict[str, Any]) -> OpenRequest:
         raise InvalidArgumentError('"kvstore" must be specified')
     req.path = normalize_path(join_path(base, path))
     if req.multiscale.data_type is not None:
-        validate_dtype(req.multiscale.data_type)
+        with concerning("multiscale_metadata", "data_type"):
+            check_data_type(req.multiscale.data_type)
     schema.dtype = schema.dtype or req.multiscale.data_type
     req.schema = schema
     req.dtype = schema.dtype

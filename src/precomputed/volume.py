@@ -19,13 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._cseg_slab import decode_cseg_region
 from .codecs import ChunkEncoding, decode_chunk, decode_chunk_into, encode_chunk
+from .codecs.cseg.region import decode_cseg_region
 from .errors import InvalidArgumentError, NotFoundError, OutOfRangeError
 from .internal import recycle
 from .internal.arraylike import ArrayLike
 from .internal.geometry import Box, ChunkGrid, Vec3
 from .internal.selection import normalize_index
+from .schema import ChunkLayout
 from .storage import ChunkStore, CommitStats, UnshardedChunkStore
 from .transaction import GROUP_CONCURRENCY, Transaction, commit_chunks
 
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from .cache import Context
     from .kvstore import KvStore
 
-__all__ = ["Volume", "ScaleHandle", "IndexDomain", "ChunkLayout"]
+__all__ = ["Volume", "ScaleHandle", "IndexDomain"]
 
 LABELS = ("x", "y", "z", "channel")
 #: Cache marker for a chunk known to be absent from storage.
@@ -109,28 +110,6 @@ class IndexDomain:
             for n, a, b in zip(self.labels, self.inclusive_min, self.exclusive_max, strict=True)
         )
         return f"{{ {dims} }}"
-
-
-@dataclass(frozen=True)
-class ChunkLayout:
-    """Chunking of a scale in x, y, z, channel order (TensorStore's chunk_layout)."""
-
-    grid_origin: tuple[int, int, int, int]
-    read_chunk: tuple[int, int, int, int]
-    write_chunk: tuple[int, int, int, int]
-    codec_chunk: tuple[int, int, int, int] | None
-    inner_order: tuple[int, int, int, int] = (3, 2, 1, 0)
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "grid_origin": list(self.grid_origin),
-            "inner_order": list(self.inner_order),
-            "read_chunk": {"shape": list(self.read_chunk)},
-            "write_chunk": {"shape": list(self.write_chunk)},
-        }
-        if self.codec_chunk is not None:
-            out["codec_chunk"] = {"shape": list(self.codec_chunk)}
-        return out
 
 
 class ScaleHandle:
@@ -864,11 +843,8 @@ class Volume(ArrayLike):
         block = h.encoding.block_size  # required for compressed_segmentation
         if h.encoding.encoding == "compressed_segmentation" and block is not None:
             codec = (*block, 1)
-        return ChunkLayout(
-            grid_origin=(*h.grid.voxel_offset, 0),
-            read_chunk=(*chunk, h.num_channels),
-            write_chunk=(*write, h.num_channels),
-            codec_chunk=codec,
+        return ChunkLayout.of_scale(
+            (*h.grid.voxel_offset, 0), (*chunk, h.num_channels), (*write, h.num_channels), codec
         )
 
     def spec(self, minimal: bool = False) -> dict[str, Any]:

@@ -14,12 +14,13 @@ from typing import Any
 
 import pytest
 
+from precomputed.constraints import create_scale, select_scale
 from precomputed.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
 )
-from precomputed.metadata import MultiscaleMetadata, create_scale, select_scale
+from precomputed.metadata import MultiscaleMetadata
 from precomputed.schema import (
     CodecSpec,
     GridConstraints,

@@ -16,11 +16,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from ..errors import InvalidArgumentError
+from ..errors import InvalidArgumentError, PrecomputedError
 
-SUPPORTED_DTYPES = ("uint8", "uint16", "uint32", "int8", "int16", "int32", "uint64", "float32")
-# Every TensorStore dtype name: a known name outside SUPPORTED_DTYPES gets the "not one of
-# the supported data types" message, anything else "Unsupported data type".
+# Every TensorStore dtype name: a known name outside the format's data types gets the "not
+# one of the supported data types" message (codecs.table), anything else "Unsupported data
+# type".
 _TENSORSTORE_DTYPES = frozenset(
     "bool char byte int2 int4 int8 uint8 int16 uint16 int32 uint32 int64 uint64 float8_e3m4 "
     "float8_e4m3fn float8_e4m3fnuz float8_e4m3b11fnuz float8_e5m2 float8_e5m2fnuz "
@@ -87,6 +87,17 @@ def position(index: int) -> Iterator[None]:
         raise InvalidArgumentError(
             f"Error parsing value at position {index}: {e}", member_path=(index, *e.member_path)
         ) from None
+
+
+@contextmanager
+def concerning(*path: str | int) -> Iterator[None]:
+    """Errors raised inside concern the member at ``path`` (outermost first): it is put in
+    front of their ``member_path``; the message is left as it is."""
+    try:
+        yield
+    except PrecomputedError as e:
+        e.member_path = (*path, *e.member_path)
+        raise
 
 
 def as_int(value: Any) -> int | None:
@@ -198,18 +209,8 @@ def format_g(value: float) -> str:
 
 
 def parse_dtype_name(value: Any) -> str:
-    """A TensorStore dtype name (not yet checked against :data:`SUPPORTED_DTYPES`)."""
+    """A TensorStore dtype name (not yet checked against the format's data types)."""
     name = parse_string(value)
     if name not in _TENSORSTORE_DTYPES:
         raise InvalidArgumentError(f"Unsupported data type: {dump_json(name)}")
-    return name
-
-
-def validate_dtype(name: str) -> str:
-    """Raise unless ``name`` is one of the 8 data types the format supports."""
-    if name not in SUPPORTED_DTYPES:
-        raise InvalidArgumentError(
-            f"{name} data type is not one of the supported data types: "
-            + ", ".join(SUPPORTED_DTYPES)
-        )
     return name

@@ -17,7 +17,7 @@ strided destination (a reused buffer, or the caller's output array).
 The symbol is an implementation detail of the wheel, so everything here is optional:
 :data:`AVAILABLE` is false when it cannot be found, and callers use the package's
 Python API instead. The decoder trusts its input: callers must validate the channel
-first (``codecs._CsegChannel`` makes TensorStore's checks and sets ``library_safe``).
+first (``decode.CsegChannel`` makes TensorStore's checks and sets ``library_safe``).
 """
 
 from __future__ import annotations

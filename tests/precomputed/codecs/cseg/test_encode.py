@@ -11,8 +11,8 @@ import compressed_segmentation as cseg_lib
 import numpy as np
 import pytest
 
-from precomputed import codecs as _codecs
 from precomputed.codecs import ChunkEncoding, decode_chunk, encode_chunk
+from precomputed.codecs.cseg import encode as _codecs
 from precomputed.errors import InvalidArgumentError
 
 

@@ -9,8 +9,8 @@ import pytest
 
 import precomputed
 from precomputed import Context
-from precomputed._cseg_slab import decode_cseg_region, decode_cseg_z_range
 from precomputed.codecs import ChunkEncoding, decode_chunk, encode_chunk
+from precomputed.codecs.cseg.region import decode_cseg_region, decode_cseg_z_range
 from precomputed.errors import CorruptDataError, NotFoundError
 from precomputed.kvstore import MemoryKvStore
 

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 import precomputed
-from precomputed import Context, _cseg_native, codecs
+from precomputed import Context, codecs
 from precomputed.codecs import ChunkEncoding, decode_chunk, decode_chunk_into, encode_chunk
+from precomputed.codecs.cseg import native as _cseg_native
 from precomputed.errors import CorruptDataError
 from precomputed.kvstore import MemoryKvStore
 from volumes import sharding_json, volume_spec

@@ -14,8 +14,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from .codecs import _Corrupt, _cseg_corrupt, _CsegChannel
-from .errors import CorruptDataError
+from ...errors import CorruptDataError
+from .decode import CsegChannel, corrupt
 
 __all__ = ["decode_cseg_region", "decode_cseg_z_range"]
 
@@ -38,7 +38,7 @@ def decode_cseg_region(
         return _decode(
             data, shape, np.dtype(dtype), block_xyz, zs, ys or (0, y), channels or (0, c)
         )
-    except _Corrupt as e:
+    except CorruptDataError as e:
         raise CorruptDataError(f'Error reading "{key}": {e}' if key else str(e)) from None
 
 
@@ -70,18 +70,18 @@ def _decode(
     if not (0 <= z0 <= z1 <= z and 0 <= y0 <= y1 <= y and 0 <= c0 <= c1 <= c):
         raise ValueError(f"region z {zs}, y {ys}, channels {channels} outside chunk {shape}")
     if memoryview(data).nbytes % 4:
-        raise _cseg_corrupt()
+        raise corrupt()
     words = np.frombuffer(data, "<u4").astype(np.uint32, copy=False)
     if len(words) < c:
-        raise _cseg_corrupt()
+        raise corrupt()
     offsets = words[:c].astype(np.int64)
     if (offsets > len(words)).any():
-        raise _cseg_corrupt()
+        raise corrupt()
     out = np.empty((c1 - c0, z1 - z0, y1 - y0, x), dtype)
     if out.size == 0:
         return out
     for ci in range(c0, c1):
-        channel = _CsegChannel(words[offsets[ci] :], (z, y, x), block_xyz, dtype)
+        channel = CsegChannel(words[offsets[ci] :], (z, y, x), block_xyz, dtype)
         _region_into(channel, zs, ys, out[ci - c0])
     return out
 
@@ -114,7 +114,7 @@ def _cuts(lo: int, hi: int, b: int) -> list[tuple[int, int, int, int]]:
 
 
 def _region_into(
-    ch: _CsegChannel, zs: tuple[int, int], ys: tuple[int, int], out: np.ndarray
+    ch: CsegChannel, zs: tuple[int, int], ys: tuple[int, int], out: np.ndarray
 ) -> None:
     bz, by, _ = ch.block
     _, gy, gx = ch.grid
@@ -133,7 +133,7 @@ def _region_into(
             mask = ((np.int64(1) << bits) - 1).astype(np.uint32)
             idx = ((w[word] >> (p & 31).astype(np.uint32)) & mask).astype(np.int64)
             # Padding voxels of edge blocks may hold any index: keep lookups inside the
-            # table (inside voxels were checked against the table size by _CsegChannel).
+            # table (inside voxels were checked against the table size by CsegChannel).
             np.minimum(idx, (ch.table_size[rows] - 1)[:, None], out=idx)
             # Labels are 1 or 2 little-endian words at table_offset + index * words each.
             at = ch.table_offset[rows][:, None] + idx * ch.wpv

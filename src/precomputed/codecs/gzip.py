@@ -1,4 +1,7 @@
-"""gzip as TensorStore writes it, on the fastest zlib available.
+"""The one gzip of the driver: as TensorStore writes it, on the fastest zlib available.
+
+Sharded volumes gzip minishard indices and chunk data, CloudVolume gzips whole chunk
+files; all of them go through this module.
 
 zlib-ng (a dependency) compresses at level 9 about twice as fast as the standard library's
 zlib and releases the GIL, so shard writes use both cores; its streams are valid deflate
@@ -8,12 +11,17 @@ zlib's. The standard library's zlib is the fallback where zlib-ng is not install
 
 from __future__ import annotations
 
+from ..errors import CorruptDataError
+
 try:
     from zlib_ng import zlib_ng as zlib
 except ImportError:  # pragma: no cover - zlib-ng ships wheels for every common platform
     import zlib  # type: ignore[no-redef]
 
-__all__ = ["gzip_compress", "gzip_inflate", "zlib"]
+__all__ = ["GZIP_ERROR", "gzip_compress", "gzip_inflate", "gzip_decompress", "zlib"]
+
+#: TensorStore's words for undecodable gzip data (the sharded format's messages use them bare).
+GZIP_ERROR = "Error decoding zlib-compressed data"
 
 
 def gzip_compress(data: bytes | bytearray | memoryview) -> bytes:
@@ -40,3 +48,14 @@ def gzip_inflate(data: bytes | bytearray | memoryview) -> tuple[bytes, str | Non
     if d.unused_data:
         return b"", f"{len(d.unused_data)} trailing bytes after the gzip stream"
     return out, None
+
+
+def gzip_decompress(data: bytes | bytearray | memoryview, what: str = "") -> bytes:
+    """Inflate one gzip member; like TensorStore, reject zlib/raw streams and trailing bytes
+    (:class:`CorruptDataError`). ``what`` names the thing being decoded (a key) in the
+    message: ``Error decoding zlib-compressed data in <what>: <why>``."""
+    out, why = gzip_inflate(data)
+    if why is not None:
+        where = f" in {what}" if what else ""
+        raise CorruptDataError(f"{GZIP_ERROR}{where}: {why}")
+    return out
