@@ -42,9 +42,9 @@ import numpy as np
 
 import precomputed
 from precomputed import InvalidArgumentError, OutOfRangeError, PrecomputedError, Volume
+from precomputed.chunkstore import CommitStats
 from precomputed.downsample import downsample_mode
 from precomputed.internal.geometry import Box
-from precomputed.storage import CommitStats
 from precomputed.transaction import Transaction
 
 from ._pyramid import _integer_factor

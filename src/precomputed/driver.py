@@ -14,11 +14,11 @@ from typing import Any
 from . import constraints
 from . import metadata as md
 from .cache import Context, default_context
+from .chunkstore import ChunkStore, ShardedChunkStore, UnshardedChunkStore
 from .errors import AlreadyExistsError, FailedPreconditionError, NotFoundError
 from .internal.geometry import ChunkGrid
 from .kvstore import NO_VALUE, KvStore, open_kvstore
 from .spec import OpenRequest, bound_spec, parse_spec
-from .storage import ChunkStore, ShardedChunkStore, UnshardedChunkStore
 from .volume import ScaleHandle, Volume
 
 __all__ = ["open", "open_scales", "read_info"]

@@ -32,6 +32,7 @@ __all__ = [
     "morton_bits",
     "compressed_morton_codes",
     "placement_of",
+    "placement_of_id",
     "decode_morton_codes",
     "hash_chunk_ids",
     "shard_and_minishard",
@@ -201,14 +202,20 @@ def placement_of(pos: Sequence[int], bits: Sequence[int], spec: ShardingSpec) ->
     code = 0
     for j, (d, i) in enumerate(_morton_schedule_cached(tuple(bits))):
         code |= ((int(pos[d]) >> i) & 1) << j
-    hashed = code >> spec.preshift_bits if spec.preshift_bits < 64 else 0
+    return (code, *placement_of_id(code, spec))
+
+
+def placement_of_id(chunk_id: int, spec: ShardingSpec) -> tuple[int, int]:
+    """``(shard, minishard)`` of one chunk id, in plain integers: the same as
+    :func:`shard_and_minishard` without numpy's set-up."""
+    hashed = chunk_id >> spec.preshift_bits if spec.preshift_bits < 64 else 0
     if spec.hash != "identity":
         digest = mmh3.mmh3_x86_128_digest(hashed.to_bytes(8, "little"), 0)
         hashed = int.from_bytes(digest[:8], "little")
     combined = hashed & ((1 << (spec.minishard_bits + spec.shard_bits)) - 1)
     minishard = combined & ((1 << spec.minishard_bits) - 1)
     shard = combined >> spec.minishard_bits if spec.minishard_bits < 64 else 0
-    return code, shard & ((1 << spec.shard_bits) - 1), minishard
+    return shard & ((1 << spec.shard_bits) - 1), minishard
 
 
 @lru_cache(maxsize=64)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .storage import CommitStats
+from .chunkstore import CommitStats
 
 if TYPE_CHECKING:
     from .volume import ScaleHandle
@@ -175,7 +175,7 @@ def commit_chunks(
     store = handle.store
     groups: dict[Hashable, list[Vec3]] = {}
     positions = list(chunks)
-    for pos, g in zip(positions, _groups_of(store, positions), strict=True):
+    for pos, g in zip(positions, store.groups_of(positions), strict=True):
         groups.setdefault(g, []).append(pos)
     total = CommitStats()
     lock = threading.Lock()
@@ -211,7 +211,3 @@ def commit_chunks(
     return total
 
 
-def _groups_of(store: Any, positions: list[Vec3]) -> list[Hashable]:
-    if hasattr(store, "groups_of"):
-        return store.groups_of(positions)
-    return [store.group_of(p) for p in positions]

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .chunkstore import ChunkStore, CommitStats
 from .codecs import ChunkEncoding, decode_chunk, decode_chunk_into, encode_chunk
 from .codecs.cseg.region import decode_cseg_region
 from .errors import InvalidArgumentError, NotFoundError, OutOfRangeError
@@ -27,7 +28,6 @@ from .internal.arraylike import ArrayLike
 from .internal.geometry import Box, ChunkGrid, Vec3
 from .internal.selection import normalize_index
 from .schema import ChunkLayout
-from .storage import ChunkStore, CommitStats, UnshardedChunkStore
 from .transaction import GROUP_CONCURRENCY, Transaction, commit_chunks
 
 if TYPE_CHECKING:
@@ -221,7 +221,7 @@ class ScaleHandle:
             else:
                 consume(pos, chunk)
         pool = self.context.executor
-        if self._local and isinstance(self.store, UnshardedChunkStore) and len(todo) > 1:
+        if self._local and self.store.ranged_chunk_reads and len(todo) > 1:
             # Local files answer at once: read each chunk in the worker that decodes and
             # places it, so I/O, decoding and copying overlap with no batch barrier.
             direct = transient and self.encoding.encoding == "raw"
@@ -318,7 +318,7 @@ class ScaleHandle:
             or self.context.cache.keeps(dst.nbytes)
         ):
             return False
-        return self.kvstore.read_into(self.store.key(pos), dst) is True  # type: ignore[attr-defined]
+        return self.kvstore.read_into(self.store.key(pos), dst) is True
 
     def _read_raw_into_scratch(
         self, pos: Vec3, consume: Callable[[Vec3, np.ndarray | None], None]
@@ -335,7 +335,7 @@ class ScaleHandle:
         if buf is None or len(buf) < nbytes:
             buf = _scratch.buf = np.empty(max(nbytes, 1 << 18), np.uint8)
         view = buf[:nbytes]
-        if self.kvstore.read_into(self.store.key(pos), view) is not True:  # type: ignore[attr-defined]
+        if self.kvstore.read_into(self.store.key(pos), view) is not True:
             return False
         consume(pos, view.view(self.dtype.newbyteorder("<")).reshape(shape))
         return True
@@ -344,11 +344,11 @@ class ScaleHandle:
         """Batches of about READ_BATCH chunks. With rectangular shards the chunks are
         ordered by shard and a batch never splits one, so a read covering whole shards
         fetches each in a single request (whatever the shard's size)."""
-        if len(todo) <= READ_BATCH or not getattr(self.store, "rectangular", False):
+        if len(todo) <= READ_BATCH or not self.store.rectangular_groups:
             for i in range(0, len(todo), READ_BATCH):
                 yield todo[i : i + READ_BATCH]
             return
-        groups = self.store.groups_of(todo)  # type: ignore[attr-defined]
+        groups: list[Any] = self.store.groups_of(todo)
         order = sorted(range(len(todo)), key=groups.__getitem__)
         batch: list[Vec3] = []
         for j, i in enumerate(order):
@@ -537,7 +537,7 @@ class ScaleHandle:
         shape = self.chunk_shape(pos)
         if (
             self.encoding.encoding == "raw"
-            and isinstance(self.store, UnshardedChunkStore)
+            and self.store.ranged_chunk_reads
             and self.dtype == self.dtype.newbyteorder("<")  # stored little-endian
             and not self.context.cache.keeps(math.prod(shape) * self.dtype.itemsize)
         ):
@@ -556,13 +556,13 @@ class ScaleHandle:
 
     @property
     def _local(self) -> bool:
-        return self.kvstore.url.startswith(("file://", "memory://"))
+        return self.kvstore.cheap_misses
 
     @property
     def _slab_reads(self) -> bool:
         """Raw unsharded chunks store x fastest, then y, z, channel: a range of z-planes
         of one channel is one contiguous byte range, so a thin read can skip the rest."""
-        return self.encoding.encoding == "raw" and isinstance(self.store, UnshardedChunkStore)
+        return self.encoding.encoding == "raw" and self.store.ranged_chunk_reads
 
     def _read_slabs(
         self,
@@ -578,7 +578,7 @@ class ScaleHandle:
         cache = self.context.cache
         use_cache = cache.total_bytes_limit > 0
         every_channel = (c0, c1) == (0, self.num_channels)
-        cid, key_of, isz = self.cache_id, self.store.key, self.dtype.itemsize  # type: ignore[attr-defined]
+        cid, key_of, isz = self.cache_id, self.store.key, self.dtype.itemsize
         le = self.dtype.newbyteorder("<")
         xs, ys, zs = self.grid.axis_spans(box)
         bx, by, bz = box.start
@@ -650,11 +650,7 @@ class ScaleHandle:
     ) -> list[Vec3]:
         """Chunks whose ranged read found no key: missing, unless a CloudVolume ``.gz``
         twin exists (local stores only), which the whole-chunk path then decodes."""
-        store = self.store
-        twins: list[Vec3] = []
-        if getattr(store, "_try_gz_suffix", False):
-            found = store.kvstore.read_many([store.key(p) + ".gz" for p in positions])  # type: ignore[attr-defined]
-            twins = [p for p, b in zip(positions, found, strict=True) if b is not None]
+        twins = self.store.gz_twins(positions)
         for pos in positions:
             if pos in twins:
                 continue
@@ -679,11 +675,7 @@ class ScaleHandle:
         c0, c1 = channels
         cells = list(self.grid.cells(box))
         groups: dict[Hashable, list[Vec3]] = {}
-        group_ids = (
-            self.store.groups_of(cells)
-            if hasattr(self.store, "groups_of")
-            else [self.store.group_of(p) for p in cells]
-        )
+        group_ids = self.store.groups_of(cells)
         for pos, g in zip(cells, group_ids, strict=True):
             groups.setdefault(g, []).append(pos)
 

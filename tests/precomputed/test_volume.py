@@ -561,7 +561,7 @@ def test_implicit_writes_commit_a_few_chunks_at_a_time_reporting_on_the_caller_t
     memory_store: MemoryKvStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from precomputed import transaction
-    from precomputed.storage import UnshardedChunkStore
+    from precomputed.chunkstore import UnshardedChunkStore
 
     vol = precomputed.open(spec(memory_store), create=True, context=Context())
     active = most = 0
@@ -593,7 +593,7 @@ def test_implicit_writes_commit_a_few_chunks_at_a_time_reporting_on_the_caller_t
 def test_a_failing_chunk_commit_raises_and_later_chunks_are_not_started(
     memory_store: MemoryKvStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from precomputed.storage import UnshardedChunkStore
+    from precomputed.chunkstore import UnshardedChunkStore
 
     vol = precomputed.open(spec(memory_store), create=True, context=Context())
     started: list[Any] = []

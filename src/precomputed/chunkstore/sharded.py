@@ -1,12 +1,10 @@
-"""Chunk stores: turn chunk grid positions into stored bytes and back.
+"""Sharded scales: chunks packed into ``neuroglancer_uint64_sharded_v1`` shard files.
 
-Two implementations behind one interface: :class:`UnshardedChunkStore` (one key per
-chunk) and :class:`ShardedChunkStore` (chunks packed into shard files). Both deal in
-*encoded* chunk bytes (the volume encoding: raw, jpeg, ...); decoding lives in codecs.
-
-Writes are organised in *groups*: the unit that is rewritten at once (a chunk key for
-unsharded scales, a shard file for sharded ones). ``commit_group`` rewrites one group
-exactly once; the transaction layer decides which groups to commit and how many at a time.
+:class:`ShardedIdStore` is the format's store of uint64 ids to bytes (what meshes and
+segment properties use directly): batched, concurrent index lookups with cached shard
+index entries and minishard indices, and shard rewrites that are each written once,
+conditionally on the generation read. :class:`ShardedChunkStore` puts a scale's chunk
+grid on it: a grid position is a compressed Morton id.
 """
 
 from __future__ import annotations
@@ -14,181 +12,27 @@ from __future__ import annotations
 import random
 import threading
 import time
-from abc import ABC, abstractmethod
-from collections.abc import Hashable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 from cachetools import LRUCache
 
-from . import sharding as sh
-from .codecs import gzip_decompress
-from .errors import ConditionFailedError, CorruptDataError
-from .internal.geometry import ChunkGrid, Vec3
-from .kvstore import NO_VALUE, KvStore
+from .. import sharding as sh
+from ..errors import ConditionFailedError, CorruptDataError
+from ..internal.geometry import ChunkGrid, Vec3
+from ..kvstore import NO_VALUE, KvStore
+from .base import ChunkStore, CommitStats, join_key
 
-__all__ = [
-    "ChunkStore",
-    "UnshardedChunkStore",
-    "ShardedChunkStore",
-    "CommitStats",
-    "join_key",
-]
-
-_GZIP_MAGIC = b"\x1f\x8b"
+__all__ = ["Placement", "ShardedIdStore", "ShardedChunkStore", "shard_number"]
 
 
-def join_key(prefix: str, name: str) -> str:
-    """Join a scale prefix and a name, adding ``/`` only where needed."""
-    if not prefix:
-        return name
-    return prefix + name if prefix.endswith("/") else f"{prefix}/{name}"
+class Placement(NamedTuple):
+    """Chunk ids with their shard and minishard numbers (uint64 arrays of equal length)."""
 
-
-@dataclass
-class CommitStats:
-    """What a commit did, for progress reports and tests."""
-
-    groups_written: int = 0
-    groups_deleted: int = 0
-    chunks_written: int = 0
-    chunks_deleted: int = 0
-    retries: int = 0
-    keys: list[str] = field(default_factory=list)
-
-    def add(self, other: CommitStats) -> None:
-        self.groups_written += other.groups_written
-        self.groups_deleted += other.groups_deleted
-        self.chunks_written += other.chunks_written
-        self.chunks_deleted += other.chunks_deleted
-        self.retries += other.retries
-        self.keys.extend(other.keys)
-
-
-#: Chunk keys (and local paths) remembered per store, a few MiB at most.
-_KEY_MEMO = 1 << 16
-
-
-class ChunkStore(ABC):
-    """Maps chunk grid positions of one scale to encoded bytes in a kvstore."""
-
-    def __init__(self, kvstore: KvStore, prefix: str, grid: ChunkGrid) -> None:
-        self.kvstore = kvstore
-        self.prefix = prefix
-        self.grid = grid
-
-    @abstractmethod
-    def describe(self, pos: Vec3) -> str:
-        """Human-readable location of a chunk, for error messages."""
-
-    @abstractmethod
-    def read_chunks(
-        self, positions: Sequence[Vec3], *, deferred: bool = False
-    ) -> list[bytes | None]:
-        """Encoded bytes of each chunk (``None`` if missing), fetched concurrently.
-
-        With ``deferred`` a store may return bytes that still need :meth:`finish` (e.g.
-        gzip shard data), so callers can spread that work over their decode threads.
-        """
-
-    def finish(self, pos: Vec3, blob: bytes) -> bytes:
-        """Complete a ``read_chunks(..., deferred=True)`` result (identity by default)."""
-        return blob
-
-    @abstractmethod
-    def group_of(self, pos: Vec3) -> Hashable:
-        """The write group (chunk or shard) that holds ``pos``."""
-
-    @abstractmethod
-    def group_size(self, group: Hashable) -> int:
-        """Number of chunks that exist in ``group`` (for whole-group writes)."""
-
-    @abstractmethod
-    def commit_group(self, group: Hashable, updates: Mapping[Vec3, bytes | None]) -> CommitStats:
-        """Apply ``updates`` (``None`` deletes) to one group, rewriting it exactly once."""
-
-    def group_key(self, group: Hashable) -> str:
-        """Storage key of a group."""
-        return self.describe(group)  # type: ignore[arg-type]
-
-    def invalidate(self, groups: Sequence[Hashable] | None = None) -> None:
-        """Forget cached index data (after another writer may have changed storage)."""
-        return None
-
-
-class UnshardedChunkStore(ChunkStore):
-    """One key per chunk: ``<prefix>/<x0>-<x1>_<y0>-<y1>_<z0>-<z1>``.
-
-    Chunks written by CloudVolume with gzip are read too: gzip bytes under the plain key,
-    or (on local and memory stores, where a miss is cheap) a ``.gz`` sibling key.
-    """
-
-    def __init__(self, kvstore: KvStore, prefix: str, grid: ChunkGrid) -> None:
-        super().__init__(kvstore, prefix, grid)
-        self._try_gz_suffix = kvstore.url.startswith(("file://", "memory://"))
-        self._keys: dict[Vec3, str] = {}
-
-    def key(self, pos: Vec3) -> str:
-        # Remembered: plane reads ask for the same few hundred keys again and again.
-        key = self._keys.get(pos)
-        if key is None:
-            if len(self._keys) >= _KEY_MEMO:
-                self._keys.clear()
-            key = self._keys[pos] = join_key(self.prefix, self.grid.chunk_name(pos))
-        return key
-
-    def describe(self, pos: Vec3) -> str:
-        return self.key(pos)
-
-    def read_chunks(
-        self, positions: Sequence[Vec3], *, deferred: bool = False
-    ) -> list[bytes | None]:
-        keys = [self.key(p) for p in positions]
-        out = self.kvstore.read_many(keys)
-        if self._try_gz_suffix:
-            missing = [i for i, v in enumerate(out) if v is None]
-            if missing:
-                found = self.kvstore.read_many([keys[i] + ".gz" for i in missing])
-                for i, v in zip(missing, found, strict=True):
-                    out[i] = v
-        return [
-            None if v is None else self._maybe_gunzip(v, k) for v, k in zip(out, keys, strict=True)
-        ]
-
-    @staticmethod
-    def _maybe_gunzip(data: bytes, key: str) -> bytes:
-        if data[:2] == _GZIP_MAGIC:
-            try:
-                return gzip_decompress(data, key)
-            except CorruptDataError:
-                return data  # a raw chunk that happens to start with 1f 8b
-        return data
-
-    def group_of(self, pos: Vec3) -> Hashable:
-        return tuple(pos)
-
-    def group_size(self, group: Hashable) -> int:
-        return 1
-
-    def group_key(self, group: Hashable) -> str:
-        return self.key(group)  # type: ignore[arg-type]
-
-    def commit_group(self, group: Hashable, updates: Mapping[Vec3, bytes | None]) -> CommitStats:
-        stats = CommitStats()
-        for pos, data in updates.items():
-            key = self.key(pos)
-            if data is None:
-                self.kvstore.delete(key)
-                if self._try_gz_suffix:
-                    self.kvstore.delete(key + ".gz")
-                stats.chunks_deleted += 1
-                stats.groups_deleted += 1
-            else:
-                self.kvstore.write(key, data)
-                stats.chunks_written += 1
-                stats.groups_written += 1
-            stats.keys.append(key)
-        return stats
+    ids: np.ndarray
+    shards: np.ndarray
+    minishards: np.ndarray
 
 
 def _ids_text(ids: Iterable[int], limit: int = 8) -> str:
@@ -198,7 +42,7 @@ def _ids_text(ids: Iterable[int], limit: int = 8) -> str:
     return f"chunk{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids[:limit]))}{more}"
 
 
-def _shard_number(group: Hashable) -> int:
+def shard_number(group: Hashable) -> int:
     """A sharded store's group: the shard number that ``group_of`` returned."""
     if isinstance(group, (int, np.integer)):
         return int(group)
@@ -212,14 +56,14 @@ def _size_seen(start: int, blob: bytes | None) -> str:
     return str(start + len(blob)) if blob else f"<= {start}"
 
 
-class ShardedChunkStore(ChunkStore):
-    """Chunks packed into ``neuroglancer_uint64_sharded_v1`` shard files.
+class ShardedIdStore:
+    """uint64 ids to bytes in the shard files under ``prefix`` (one sharding spec).
 
-    Reads cost at most three ranged requests per chunk when cold (shard index entry,
+    Reads cost at most three ranged requests per id when cold (shard index entry,
     minishard index, data) and one when warm: index entries and minishard indices are
     cached (bounded). The first read of a shard fetches its whole index when that is at most
-    ``INDEX_SPAN_BYTES`` (otherwise the span of the entries needed); a read that covers a
-    whole (rectangular) shard reads it in one request.
+    ``INDEX_SPAN_BYTES`` (otherwise the span of the entries needed); shards a caller knows
+    are wholly wanted (``whole``) are read in one request each.
     """
 
     #: Number of cached minishard indices / shard index entries.
@@ -230,13 +74,10 @@ class ShardedChunkStore(ChunkStore):
     #: Attempts to rewrite a shard that other writers keep changing before giving up.
     MAX_COMMIT_RETRIES = 64
 
-    def __init__(
-        self, kvstore: KvStore, prefix: str, grid: ChunkGrid, spec: sh.ShardingSpec
-    ) -> None:
-        super().__init__(kvstore, prefix, grid)
+    def __init__(self, kvstore: KvStore, prefix: str, spec: sh.ShardingSpec) -> None:
+        self.kvstore = kvstore
+        self.prefix = prefix
         self.spec = spec
-        self.bits = sh.morton_bits(grid.size, grid.chunk)
-        self.rectangular = sh.is_rectangular(spec, self.bits)
         self.index_size = spec.shard_index_size
         self._lock = threading.Lock()
         # (shard, minishard) -> set when the thread loading its minishard index is done
@@ -251,95 +92,77 @@ class ShardedChunkStore(ChunkStore):
         )
 
     # -- placement ----------------------------------------------------------------------
-    def chunk_ids(self, positions: Sequence[Vec3] | np.ndarray) -> np.ndarray:
-        arr = np.asarray(positions, dtype=np.int64).reshape(-1, 3)
-        return sh.compressed_morton_codes(arr, self.bits)
-
-    def placement(self, positions: Sequence[Vec3]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Chunk ids, shard numbers and minishard numbers of ``positions``."""
-        if len(positions) <= 8:  # a few chunks: integer arithmetic beats numpy's set-up
-            got = [sh.placement_of(p, self.bits, self.spec) for p in positions]
+    def place(self, ids: Sequence[int] | np.ndarray) -> Placement:
+        """Shard and minishard numbers of ``ids``."""
+        if len(ids) <= 8:  # a few ids: integer arithmetic beats numpy's set-up
+            got = [(int(i), *sh.placement_of_id(int(i), self.spec)) for i in ids]
             cols = list(zip(*got, strict=True)) or [(), (), ()]
-            return tuple(np.array(c, np.uint64) for c in cols)  # type: ignore[return-value]
-        ids = self.chunk_ids(positions)
-        shards, minishards = sh.shard_and_minishard(ids, self.spec)  # hashes internally
-        return ids, shards, minishards
+            return Placement(*(np.array(c, np.uint64) for c in cols))
+        arr = np.asarray(ids, dtype=np.uint64).reshape(-1)
+        shards, minishards = sh.shard_and_minishard(arr, self.spec)  # hashes internally
+        return Placement(arr, shards, minishards)
 
     def shard_key(self, shard: int) -> str:
         return join_key(self.prefix, sh.shard_filename(int(shard), self.spec))
 
-    def describe(self, pos: Vec3) -> str:
-        ids, shards, minis = self.placement([pos])
-        return (
-            f"{self.shard_key(int(shards[0]))}, minishard {int(minis[0])}, chunk id {int(ids[0])}"
-        )
+    def describe(self, chunk_id: int) -> str:
+        """Where ``chunk_id`` lives, for error messages."""
+        p = self.place([chunk_id])
+        return f"{self.shard_key(int(p.shards[0]))}, minishard {int(p.minishards[0])}, chunk id {int(chunk_id)}"
 
-    def group_of(self, pos: Vec3) -> Hashable:
-        return int(self.placement([pos])[1][0])
-
-    def groups_of(self, positions: Sequence[Vec3]) -> list[int]:
-        return [int(s) for s in self.placement(positions)[1]]
-
-    def group_key(self, group: Hashable) -> str:
-        return self.shard_key(_shard_number(group))
-
-    def group_size(self, group: Hashable) -> int:
-        if not self.rectangular:
-            return -1  # unknown: whole-shard writes cannot be detected
-        return sh.chunks_in_shard(self.spec, self.bits, self.grid.shape, _shard_number(group))
-
-    def invalidate(self, groups: Sequence[Hashable] | None = None) -> None:
+    def invalidate(self, shards: Iterable[int] | None = None) -> None:
+        """Forget cached index data of ``shards`` (all when None)."""
         with self._lock:
-            if groups is None:
+            if shards is None:
                 self._entries.clear()
                 self._minishards.clear()
                 return
-            drop = {_shard_number(g) for g in groups}
+            drop = {int(s) for s in shards}
             for cache in (self._entries, self._minishards):
                 for k in [k for k in cache if k[0] in drop]:
                     del cache[k]
 
     # -- reading --------------------------------------------------------------------------
-    def read_chunks(
-        self, positions: Sequence[Vec3], *, deferred: bool = False
+    def read_many(
+        self, ids: Sequence[int] | np.ndarray, *, deferred: bool = False
     ) -> list[bytes | None]:
-        if not len(positions):
+        """Bytes stored for each id (``None`` if absent), index lookups batched: every
+        needed index entry and minishard index is fetched once, concurrently."""
+        if not len(ids):
             return []
-        ids, shards, minis = self.placement(positions)
-        out: list[bytes | None] = [None] * len(positions)
-        whole = self._whole_shards(shards)
-        rest = [i for i in range(len(positions)) if int(shards[i]) not in whole]
+        return self.read_placed(self.place(ids), deferred=deferred)
+
+    def read_placed(
+        self, p: Placement, *, whole: Iterable[int] = (), deferred: bool = False
+    ) -> list[bytes | None]:
+        """:meth:`read_many` for placed ids; shards in ``whole`` (every chunk of them is
+        wanted) are read in one request each. With ``deferred`` the shard data encoding is
+        left on the bytes for :meth:`finish` (so callers spread it over their threads)."""
+        ids, shards, minis = p
+        out: list[bytes | None] = [None] * len(ids)
+        whole = set(whole)
+        rest = [i for i in range(len(ids)) if int(shards[i]) not in whole]
         if whole:
             self._read_whole_shards(whole, ids, shards, out, deferred)
         if rest:
             self._read_via_indices(rest, ids, shards, minis, out, deferred)
         return out
 
-    def finish(self, pos: Vec3, blob: bytes) -> bytes:
-        """Remove the shard data encoding from a deferred read."""
+    def finish(self, blob: bytes, chunk_id: Callable[[], int]) -> bytes:
+        """Remove the shard data encoding from a deferred read; ``chunk_id()`` names the
+        chunk if the bytes are corrupt."""
         if self.spec.data_encoding == "raw":
             return bytes(blob)
         try:
             return sh.decode_chunk_data(blob, self.spec, "")
         except CorruptDataError:
-            ids, shards, minis = self.placement([pos])
+            p = self.place([chunk_id()])
             what = (
-                f'chunk {int(ids[0])} in minishard {int(minis[0])} of '
-                f'"{self.shard_key(int(shards[0]))}"'
+                f'chunk {int(p.ids[0])} in minishard {int(p.minishards[0])} of '
+                f'"{self.shard_key(int(p.shards[0]))}"'
             )
             sh.decode_chunk_data(blob, self.spec, what)  # raises again, naming the chunk
             raise  # pragma: no cover
-
-    def _whole_shards(self, shards: np.ndarray) -> set[int]:
-        """Shards whose every chunk is requested: read each in a single request."""
-        if not self.rectangular:
-            return set()
-        values, counts = np.unique(shards, return_counts=True)
-        return {
-            int(s)
-            for s, c in zip(values, counts, strict=True)
-            if c == sh.chunks_in_shard(self.spec, self.bits, self.grid.shape, int(s))
-        }
 
     def _read_whole_shards(
         self,
@@ -559,24 +382,37 @@ class ShardedChunkStore(ChunkStore):
         return found
 
     # -- writing --------------------------------------------------------------------------
-    def commit_group(self, group: Hashable, updates: Mapping[Vec3, bytes | None]) -> CommitStats:
-        """Rewrite one shard with ``updates`` merged in, exactly once.
+    def commit(self, updates: Mapping[int, bytes | None]) -> CommitStats:
+        """Store ``{chunk id: volume-encoded bytes or None (delete)}``: grouped by shard,
+        each shard rewritten once (:meth:`commit_shard`), one shard after another."""
+        ids = list(updates)
+        shards = self.place(ids).shards.tolist() if ids else []
+        by_shard: dict[int, dict[int, bytes | None]] = {}
+        for cid, shard in zip(ids, shards, strict=True):
+            by_shard.setdefault(int(shard), {})[int(cid)] = updates[cid]
+        total = CommitStats()
+        for shard, members in sorted(by_shard.items()):
+            total.add(self.commit_shard(shard, members))
+        return total
 
-        Reads the shard (unless the updates supply every chunk of it), merges, encodes in
-        TensorStore's order and writes conditionally on the generation that was read; if
-        another writer changed the shard in between, re-reads and merges again.
+    def commit_shard(
+        self, shard: int, updates: Mapping[int, bytes | None], *, full: bool = False
+    ) -> CommitStats:
+        """Rewrite one shard with ``updates`` (chunk id -> volume-encoded bytes, or None to
+        delete) merged in, exactly once.
+
+        Reads the shard (unless ``full``: the updates supply every chunk of it), merges,
+        encodes in TensorStore's order and writes conditionally on the generation that was
+        read; if another writer changed the shard in between, re-reads and merges again.
+        This is the one conditional read-modify-write of the chunk layer.
         """
-        shard = _shard_number(group)
         key = self.shard_key(shard)
-        positions = list(updates)
-        ids = [int(i) for i in self.chunk_ids(positions)]
         # Apply the shard data encoding once, outside the retry loop.
         new = {
-            cid: None if data is None else sh.encode_chunk_data(data, self.spec)
-            for cid, data in zip(ids, updates.values(), strict=True)
+            int(cid): None if data is None else sh.encode_chunk_data(data, self.spec)
+            for cid, data in updates.items()
         }
         stats = CommitStats(keys=[key])
-        full = self.rectangular and len(new) == self.group_size(shard)
         while True:
             if full:
                 merged: dict[int, bytes | memoryview] = {}
@@ -630,3 +466,97 @@ class ShardedChunkStore(ChunkStore):
         stats.chunks_written = sum(1 for v in new.values() if v is not None)
         stats.chunks_deleted = len(new) - stats.chunks_written
         return stats
+
+
+class ShardedChunkStore(ChunkStore):
+    """A sharded scale's chunks: grid positions are compressed Morton ids in a
+    :class:`ShardedIdStore` (``ids``); write groups are shard numbers."""
+
+    def __init__(
+        self, kvstore: KvStore, prefix: str, grid: ChunkGrid, spec: sh.ShardingSpec
+    ) -> None:
+        super().__init__(kvstore, prefix, grid)
+        self.spec = spec
+        self.ids = ShardedIdStore(kvstore, prefix, spec)
+        self.bits = sh.morton_bits(grid.size, grid.chunk)
+        self.rectangular_groups = sh.is_rectangular(spec, self.bits)
+
+    # -- placement ----------------------------------------------------------------------
+    def chunk_ids(self, positions: Sequence[Vec3] | np.ndarray) -> np.ndarray:
+        arr = np.asarray(positions, dtype=np.int64).reshape(-1, 3)
+        return sh.compressed_morton_codes(arr, self.bits)
+
+    def placement(self, positions: Sequence[Vec3]) -> Placement:
+        """Chunk ids, shard numbers and minishard numbers of ``positions``."""
+        if len(positions) <= 8:  # a few chunks: integer arithmetic beats numpy's set-up
+            got = [sh.placement_of(p, self.bits, self.spec) for p in positions]
+            cols = list(zip(*got, strict=True)) or [(), (), ()]
+            return Placement(*(np.array(c, np.uint64) for c in cols))
+        ids = self.chunk_ids(positions)
+        shards, minishards = sh.shard_and_minishard(ids, self.spec)  # hashes internally
+        return Placement(ids, shards, minishards)
+
+    def shard_key(self, shard: int) -> str:
+        return self.ids.shard_key(shard)
+
+    def key(self, pos: Vec3) -> str:
+        return self.shard_key(int(self.placement([pos]).shards[0]))
+
+    def describe(self, pos: Vec3) -> str:
+        ids, shards, minis = self.placement([pos])
+        return (
+            f"{self.shard_key(int(shards[0]))}, minishard {int(minis[0])}, chunk id {int(ids[0])}"
+        )
+
+    def group_of(self, pos: Vec3) -> Hashable:
+        return int(self.placement([pos]).shards[0])
+
+    def groups_of(self, positions: Sequence[Vec3]) -> list[Hashable]:
+        return [int(s) for s in self.placement(positions).shards]
+
+    def group_key(self, group: Hashable) -> str:
+        return self.shard_key(shard_number(group))
+
+    def group_size(self, group: Hashable) -> int:
+        if not self.rectangular_groups:
+            return -1  # unknown: whole-shard writes cannot be detected
+        return sh.chunks_in_shard(self.spec, self.bits, self.grid.shape, shard_number(group))
+
+    def invalidate(self, groups: Sequence[Hashable] | None = None) -> None:
+        self.ids.invalidate(None if groups is None else [shard_number(g) for g in groups])
+
+    # -- reading --------------------------------------------------------------------------
+    def read_chunks(
+        self, positions: Sequence[Vec3], *, deferred: bool = False
+    ) -> list[bytes | None]:
+        if not len(positions):
+            return []
+        p = self.placement(positions)
+        return self.ids.read_placed(p, whole=self._whole_shards(p.shards), deferred=deferred)
+
+    def finish(self, pos: Vec3, blob: bytes) -> bytes:
+        """Remove the shard data encoding from a deferred read."""
+        return self.ids.finish(blob, lambda: int(self.chunk_ids([pos])[0]))
+
+    def _whole_shards(self, shards: np.ndarray) -> set[int]:
+        """Shards whose every chunk is requested: read each in a single request."""
+        if not self.rectangular_groups:
+            return set()
+        values, counts = np.unique(shards, return_counts=True)
+        return {
+            int(s)
+            for s, c in zip(values, counts, strict=True)
+            if c == sh.chunks_in_shard(self.spec, self.bits, self.grid.shape, int(s))
+        }
+
+    # -- writing --------------------------------------------------------------------------
+    def commit_group(self, group: Hashable, updates: Mapping[Vec3, bytes | None]) -> CommitStats:
+        """Rewrite one shard with ``updates`` merged in, exactly once (see
+        :meth:`ShardedIdStore.commit_shard`); a write of every chunk of a rectangular
+        shard does not read it first."""
+        shard = shard_number(group)
+        ids = [int(i) for i in self.chunk_ids(list(updates))]
+        full = self.rectangular_groups and len(ids) == self.group_size(shard)
+        return self.ids.commit_shard(
+            shard, dict(zip(ids, updates.values(), strict=True)), full=full
+        )

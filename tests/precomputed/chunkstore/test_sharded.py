@@ -18,9 +18,9 @@ import pytest
 
 import precomputed
 from precomputed import sharding as sh
+from precomputed.chunkstore import ShardedChunkStore, ShardedIdStore
 from precomputed.errors import ConditionFailedError, CorruptDataError, NotFoundError
 from precomputed.kvstore import FileKvStore, KvStore, MemoryKvStore
-from precomputed.storage import ShardedChunkStore
 from volumes import sharding_json
 
 SHARD_DIR = "1_1_1/"
@@ -237,7 +237,7 @@ def test_index_entries_of_several_minishards_come_in_one_span_or_one_each(
     memory_store: MemoryKvStore, monkeypatch: pytest.MonkeyPatch, span: int
 ) -> None:
     create(memory_store, SIZE, CHUNK, RECT)[...] = random_data((*SIZE, 1))
-    monkeypatch.setattr(ShardedChunkStore, "INDEX_SPAN_BYTES", span)
+    monkeypatch.setattr(ShardedIdStore, "INDEX_SPAN_BYTES", span)
     memory_store.coalesce_gap = -1  # the store would merge the adjacent entries anyway
     vol = reopen(memory_store)
     memory_store.request_log = []
@@ -252,13 +252,13 @@ def test_index_caches_are_bounded(
     memory_store: MemoryKvStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     create(memory_store, SIZE, CHUNK, RECT)[...] = random_data((*SIZE, 1))
-    monkeypatch.setattr(ShardedChunkStore, "INDEX_CACHE_ENTRIES", 3)
+    monkeypatch.setattr(ShardedIdStore, "INDEX_CACHE_ENTRIES", 3)
     vol = reopen(memory_store)
     for x in range(0, 16, 4):
         for y in range(0, 16, 4):
             vol[x : x + 4, y : y + 4, 0:4, :].read()
     store = store_of(vol)
-    assert len(store._entries) <= 3 and len(store._minishards) <= 3
+    assert len(store.ids._entries) <= 3 and len(store.ids._minishards) <= 3
 
 
 def test_many_chunks_are_fetched_concurrently_over_http(tmp_path: Any, http_server: Any) -> None:
@@ -480,7 +480,7 @@ def test_concurrent_creator_of_a_missing_shard_is_merged(memory_store: MemoryKvS
 def test_writer_gives_up_after_too_many_conflicts_and_writes_nothing(
     memory_store: MemoryKvStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(ShardedChunkStore, "MAX_COMMIT_RETRIES", 3)
+    monkeypatch.setattr(ShardedIdStore, "MAX_COMMIT_RETRIES", 3)
     vol = create(memory_store, SIZE, CHUNK, RECT)
     vol[...] = 1
     before = memory_store.read(SHARD_DIR + "0.shard")
