@@ -283,8 +283,12 @@ def _destination(
     storage_options: Mapping[str, Any] | None = None,
 ) -> _Destination:
     if isinstance(destination, Volume):
-        h = destination._h
-        return _Destination(h.kvstore, h.path, context or h.context, h.kvstore.url + h.path)
+        return _Destination(
+            destination.kvstore,
+            destination.path,
+            context or destination.context,
+            destination.kvstore.url + destination.path,
+        )
     spec: Any = destination if isinstance(destination, str) else dict(destination)
     if isinstance(spec, dict):
         spec.setdefault("driver", _DRIVER)
@@ -623,7 +627,8 @@ def write_array(
         data = np.asarray(data)
     shape = tuple(int(n) for n in data.shape)
     axes = _check_axes(axes, shape)
-    want = (*volume.scale.size, volume._h.num_channels)  # the whole scale, not a view
+    whole = volume.whole()  # absolute coordinates of the scale
+    want = tuple(whole.shape)  # the whole scale, not a view
     got = _data_shape_xyzc(axes, shape)
     if got != want:
         raise InvalidArgumentError(
@@ -631,10 +636,9 @@ def write_array(
         )
     itemsize = np.dtype(getattr(data, "dtype", np.float64)).itemsize
     groups = _plan_blocks(
-        volume.scale, volume._h.chunk_size, _block_bytes_for_write(volume, itemsize), block_bytes
+        volume.scale, volume.handle.chunk_size, _block_bytes_for_write(whole, itemsize), block_bytes
     )
     tracker = _Tracker(sum(len(g) for g in groups), progress, cancel)
-    whole = Volume(volume._h, transaction=volume._txn)  # absolute coordinates of the scale
     _write_data(whole, data, axes, groups, tracker)
 
 

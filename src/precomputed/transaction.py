@@ -1,35 +1,32 @@
 """Write-back buffer of dirty chunks, committed grouped by shard.
 
 A :class:`Transaction` holds decoded chunks that were written but not yet stored; every
-read made through it sees them. ``commit()`` encodes the dirty chunks group by group (a
-shard file, or a single chunk key when unsharded) and rewrites each group exactly once.
-Edits made while a commit runs, and edits of groups whose commit failed, stay dirty, so
-a later commit (a retry) stores them; nothing is dropped silently.
+read made through it sees them (it is the read path's :class:`~.scale.ChunkOverlay`).
+``commit()`` hands the dirty chunks to the write path's one commit scheduler
+(:func:`.writepath.commit_chunks`), which rewrites each group (a shard file, or a single
+chunk key when unsharded) exactly once. Edits made while a commit runs, and edits of
+groups whose commit failed, stay dirty, so a later commit (a retry) stores them; nothing
+is dropped silently.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Hashable
-from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from .chunkstore import CommitStats
+from .internal.geometry import Vec3
+from .scale import OpenedScale
+from .writepath import GROUP_CONCURRENCY, commit_chunks
 
-if TYPE_CHECKING:
-    from .volume import ScaleHandle
+__all__ = ["Transaction", "GROUP_CONCURRENCY"]
 
-__all__ = ["Transaction", "commit_chunks"]
-
-Vec3 = tuple[int, int, int]
 Progress = Callable[[int, int], None]
-#: ``(handle, {pos: stored chunk}, positions rewritten meanwhile)``: see ``commit``.
-Committed = Callable[["ScaleHandle", dict[Vec3, np.ndarray], set[Vec3]], None]
-
-#: Groups (shards or chunks) committed concurrently: bounds memory to a few shards.
-GROUP_CONCURRENCY = 4
+#: ``(scale, {pos: stored chunk}, positions rewritten meanwhile)``: see ``commit``.
+Committed = Callable[[OpenedScale, dict[Vec3, np.ndarray], set[Vec3]], None]
 
 
 class Transaction:
@@ -42,13 +39,13 @@ class Transaction:
     def __init__(self) -> None:
         self._lock = threading.RLock()
         # id(handle) -> (handle, {pos: (version, chunk_czyx)})
-        self._dirty: dict[int, tuple[ScaleHandle, dict[Vec3, tuple[int, np.ndarray]]]] = {}
+        self._dirty: dict[int, tuple[OpenedScale, dict[Vec3, tuple[int, np.ndarray]]]] = {}
         self._version = 0
-        self._bound: list[Any] = []  # volumes whose writes go here while in a with-block
+        self._bound: list[OpenedScale] = []  # scales whose writes go here in a with-block
         self.last_stats: CommitStats | None = None
 
     # -- buffer ---------------------------------------------------------------------------
-    def get(self, handle: ScaleHandle, pos: Vec3) -> np.ndarray | None:
+    def get(self, handle: OpenedScale, pos: Vec3) -> np.ndarray | None:
         with self._lock:
             entry = self._dirty.get(id(handle))
             if entry is None:
@@ -56,7 +53,7 @@ class Transaction:
             item = entry[1].get(pos)
             return None if item is None else item[1]
 
-    def put(self, handle: ScaleHandle, pos: Vec3, chunk: np.ndarray) -> None:
+    def put(self, handle: OpenedScale, pos: Vec3, chunk: np.ndarray) -> None:
         with self._lock:
             self._version += 1
             entry = self._dirty.setdefault(id(handle), (handle, {}))
@@ -67,7 +64,7 @@ class Transaction:
         with self._lock:
             return sum(len(e[1]) for e in self._dirty.values())
 
-    def dirty_positions(self) -> dict[ScaleHandle, list[Vec3]]:
+    def dirty_positions(self) -> dict[OpenedScale, list[Vec3]]:
         with self._lock:
             return {e[0]: list(e[1]) for e in self._dirty.values()}
 
@@ -90,7 +87,7 @@ class Transaction:
     abort = discard
 
     def replace(
-        self, handle: ScaleHandle, pos: Vec3, expected: np.ndarray, new: np.ndarray | None
+        self, handle: OpenedScale, pos: Vec3, expected: np.ndarray, new: np.ndarray | None
     ) -> bool:
         """Swap the dirty chunk at ``pos`` for ``new`` (``None``: forget it, nothing to
         store) only if it is still the array ``expected`` (identity): a concurrent write
@@ -127,7 +124,7 @@ class Transaction:
 
             def done(
                 positions: list[Vec3],
-                handle: ScaleHandle = handle,
+                handle: OpenedScale = handle,
                 chunks: dict[Vec3, tuple[int, np.ndarray]] = chunks,
             ) -> None:
                 # Forget only entries not rewritten while we were committing.
@@ -148,66 +145,20 @@ class Transaction:
         self.last_stats = total
         return total
 
+    def bind(self, scale: OpenedScale) -> None:
+        """Route ``scale``'s writes (and reads) through this transaction until the
+        with-block ends (``Volume.transaction()``); one transaction per scale at a time."""
+        scale.attach_transaction(self)
+        self._bound.append(scale)
+
     def __enter__(self) -> Transaction:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        for vol in self._bound:
-            vol._detach_transaction(self)
+        for scale in self._bound:
+            scale.detach_transaction(self)
         self._bound.clear()
         if exc_type is None:
             self.commit()
         else:
             self.discard()
-
-
-def commit_chunks(
-    handle: ScaleHandle,
-    chunks: dict[Vec3, np.ndarray],
-    *,
-    progress: Progress | None = None,
-    on_group_done: Callable[[list[Vec3]], None] | None = None,
-) -> CommitStats:
-    """Encode and store decoded chunks of one scale, one write per group (shard/chunk).
-
-    Groups are committed a few at a time so peak memory stays near a few shards.
-    """
-    store = handle.store
-    groups: dict[Hashable, list[Vec3]] = {}
-    positions = list(chunks)
-    for pos, g in zip(positions, store.groups_of(positions), strict=True):
-        groups.setdefault(g, []).append(pos)
-    total = CommitStats()
-    lock = threading.Lock()
-    finished = 0
-
-    def run(item: tuple[Hashable, list[Vec3]]) -> None:
-        nonlocal finished
-        group, members = item
-        if len(members) > 1:
-            # Encode on the context's threads (codecs release the GIL), in member order.
-            encoded = handle.context.executor.map(lambda p: handle.encode(p, chunks[p]), members)
-            updates = dict(zip(members, encoded, strict=True))
-        else:
-            updates = {p: handle.encode(p, chunks[p]) for p in members}
-        stats = store.commit_group(group, updates)
-        handle.invalidate_chunks(members)
-        if on_group_done is not None:
-            on_group_done(members)
-        with lock:
-            total.add(stats)
-            finished += 1
-            if progress is not None:
-                progress(finished, len(groups))
-
-    items = list(groups.items())
-    if len(items) <= 1:
-        for it in items:
-            run(it)
-    else:
-        with ThreadPoolExecutor(min(GROUP_CONCURRENCY, len(items))) as pool:
-            for f in [pool.submit(run, it) for it in items]:
-                f.result()
-    return total
-
-

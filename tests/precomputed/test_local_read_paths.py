@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 import precomputed
-from precomputed import Context
+from precomputed import Context, readpath
 from precomputed.kvstore import FileKvStore
-from precomputed.volume import ScaleHandle, copy_rows
+from precomputed.readpath import copy_rows
+from precomputed.scale import OpenedScale
 
 SIZE = (37, 29, 11)
 OFFSET = (-5, 3, -2)
@@ -86,13 +87,13 @@ def test_scratch_path_is_taken_only_when_the_cache_would_not_keep_the_chunk(
 ) -> None:
     data = make(tmp_path)
     calls: list[bool] = []
-    real = ScaleHandle._read_raw_into_scratch
+    real = readpath._read_raw_into_scratch
 
-    def spy(self: ScaleHandle, pos: Any, consume: Any) -> bool:
+    def spy(self: OpenedScale, pos: Any, consume: Any) -> bool:
         calls.append(r := real(self, pos, consume))
         return r
 
-    monkeypatch.setattr(ScaleHandle, "_read_raw_into_scratch", spy)
+    monkeypatch.setattr(readpath, "_read_raw_into_scratch", spy)
     np.testing.assert_array_equal(
         precomputed.open(str(tmp_path), context=Context(cache_bytes=0)).read(), data
     )

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Vec3", "ChunkGrid", "Box"]
+__all__ = ["Vec3", "ChunkGrid", "Box", "zyx_slices"]
 
 #: An x, y, z triple of integers (a voxel, a size, a chunk grid position).
 Vec3 = tuple[int, int, int]
@@ -43,6 +43,12 @@ class Box:
         return Box(
             (max(a0, c0), max(a1, c1), max(a2, c2)), (min(b0, d0), min(b1, d1), min(b2, d2))
         )
+
+
+def zyx_slices(part: Box, origin: Box) -> tuple[slice, slice, slice]:
+    """The (z, y, x) slices of ``part`` in an array laid out over ``origin``."""
+    (a0, a1, a2), (b0, b1, b2), (o0, o1, o2) = part.start, part.stop, origin.start
+    return slice(a2 - o2, b2 - o2), slice(a1 - o1, b1 - o1), slice(a0 - o0, b0 - o0)
 
 
 @dataclass(frozen=True)

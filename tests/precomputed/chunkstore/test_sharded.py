@@ -820,11 +820,11 @@ def test_chunk_layout_of_non_rectangular_shards_is_the_whole_volume(
 def test_large_reads_fetch_the_next_batch_while_one_decodes(
     memory_store: MemoryKvStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from precomputed import volume
+    from precomputed import readpath
 
     data = random_data((*SIZE, 1))
     create(memory_store, SIZE, CHUNK, MURMUR)[...] = data
-    monkeypatch.setattr(volume, "READ_BATCH", 8)
+    monkeypatch.setattr(readpath, "READ_BATCH", 8)
     vol = reopen(memory_store)
     store = store_of(vol)
     reads: list[int] = []
@@ -853,10 +853,10 @@ def test_large_reads_fetch_the_next_batch_while_one_decodes(
 def test_an_error_in_a_later_batch_is_raised(
     memory_store: MemoryKvStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from precomputed import volume
+    from precomputed import readpath
 
     create(memory_store, SIZE, CHUNK, MURMUR)[...] = random_data((*SIZE, 1))
-    monkeypatch.setattr(volume, "READ_BATCH", 8)
+    monkeypatch.setattr(readpath, "READ_BATCH", 8)
     vol = reopen(memory_store)
     original = vol._h.decode
     seen = []

@@ -173,10 +173,11 @@ def test_volume_reads_decode_whole_chunks_in_place(
         calls["whole"] += 1
         return real_whole(*a, **k)
 
-    import precomputed.volume as volume_module
+    import precomputed.readpath as readpath_module
+    import precomputed.scale as scale_module
 
-    monkeypatch.setattr(volume_module, "decode_chunk_into", count_into)
-    monkeypatch.setattr(volume_module, "decode_chunk", count_whole)
+    monkeypatch.setattr(readpath_module, "decode_chunk_into", count_into)
+    monkeypatch.setattr(scale_module, "decode_chunk", count_whole)
     fresh = precomputed.open(spec, context=Context(cache_bytes=0))
     np.testing.assert_array_equal(fresh.read(), data.transpose(3, 2, 1, 0))
     assert calls == {"into": 4 * 3 * 3, "whole": 0}
