@@ -120,13 +120,18 @@ def open_scales(spec: dict[str, Any] | str, **options: Any) -> list[Volume]:
     ]
 
 
-def open_scale(volume: Volume, index: int) -> Volume:
+def open_scale(
+    volume: Volume, index: int, metadata: md.MultiscaleMetadata | None = None
+) -> Volume:
     """Scale ``index`` of the volume ``volume`` belongs to, sharing its store, metadata
-    and context: the one way to open another scale of an opened volume (no I/O)."""
+    and context: the one way to open another scale of an opened volume (no I/O).
+    ``metadata`` (the volume's ``info`` as re-read) reaches scales added since ``volume``
+    was opened."""
     h = volume.handle
-    if not 0 <= index < len(h.metadata.scales):
+    meta = h.metadata if metadata is None else metadata
+    if not 0 <= index < len(meta.scales):
         raise FailedPreconditionError(
-            f"Scale {index} does not exist, number of scales is {len(h.metadata.scales)}"
+            f"Scale {index} does not exist, number of scales is {len(meta.scales)}"
         )
     if h.request is None:
         req = parse_spec(
@@ -134,7 +139,7 @@ def open_scale(volume: Volume, index: int) -> Volume:
         )
     else:
         req = h.request
-    return _make_volume(h.kvstore, h.path, h.metadata, index, None, req.for_scale(index), h.context)
+    return _make_volume(h.kvstore, h.path, meta, index, None, req.for_scale(index), h.context)
 
 
 def _context_from(req: OpenRequest) -> Context:

@@ -25,6 +25,11 @@ class Box:
     start: Vec3
     stop: Vec3
 
+    def __iter__(self) -> Iterator[Vec3]:
+        """``lo, hi = box``: the two corners."""
+        yield self.start
+        yield self.stop
+
     # Written out per axis: these run for every chunk of every read (a z-plane of a
     # terabyte volume touches thousands), where generator expressions cost several times more.
     @property
