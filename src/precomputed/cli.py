@@ -12,18 +12,20 @@ from functools import partial
 from importlib.metadata import entry_points
 from typing import Any
 
+from .metadata import MultiscaleMetadata
+
 __all__ = ["main", "format_info", "ENTRY_POINT_GROUP", "PLUGIN_COMMANDS"]
 
 
-def format_info(meta: object, url: str = "") -> str:
+def format_info(meta: MultiscaleMetadata, url: str = "") -> str:
     """A readable table of a volume's scales."""
-    m = meta  # MultiscaleMetadata
+    m = meta
     lines = []
     if url:
         lines.append(url)
     lines.append(
-        f"type: {m.type}   data_type: {m.data_type}   num_channels: {m.num_channels}   "  # type: ignore[attr-defined]
-        f"scales: {len(m.scales)}"  # type: ignore[attr-defined]
+        f"type: {m.type}   data_type: {m.data_type}   num_channels: {m.num_channels}   "
+        f"scales: {len(m.scales)}"
     )
     header = [
         "#",
@@ -36,12 +38,12 @@ def format_info(meta: object, url: str = "") -> str:
         "sharding",
     ]
     rows = [header]
-    for i, s in enumerate(m.scales):  # type: ignore[attr-defined]
+    for i, s in enumerate(m.scales):
         enc = s.encoding
         if enc == "jpeg":
             enc += f" q{s.jpeg_quality}"
         elif enc == "compressed_segmentation":
-            enc = "cseg " + "x".join(map(str, s.compressed_segmentation_block_size))
+            enc = "cseg " + "x".join(map(str, s.compressed_segmentation_block_size or ()))
         shard = "-"
         if s.sharding is not None:
             sd = s.sharding
