@@ -12,7 +12,8 @@ is dropped silently.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,11 +23,58 @@ from .internal.geometry import Vec3
 from .scale import OpenedScale
 from .writepath import GROUP_CONCURRENCY, commit_chunks
 
-__all__ = ["Transaction", "GROUP_CONCURRENCY"]
+__all__ = ["Transaction", "Rebased", "merge_chunk", "GROUP_CONCURRENCY"]
 
 Progress = Callable[[int, int], None]
 #: ``(scale, {pos: stored chunk}, positions rewritten meanwhile)``: see ``commit``.
 Committed = Callable[[OpenedScale, dict[Vec3, np.ndarray], set[Vec3]], None]
+
+
+@dataclass(frozen=True)
+class Rebased:
+    """What :meth:`Transaction.rebase` did with one dirty chunk.
+
+    ``outcome``: ``"unchanged"`` (the edits were undone: the chunk is no longer dirty),
+    ``"kept"`` (storage still holds the base: the edits stand as they are), ``"merged"``
+    (another writer changed the chunk: merged voxel by voxel, still dirty) or
+    ``"superseded"`` (the merge equals what is stored: no longer dirty). ``conflicts``
+    counts the voxels both changed to different values (ours were kept); ``stored`` is
+    the chunk as stored now (``None``: absent) for merged and superseded chunks, the new
+    base of their edits.
+    """
+
+    position: Vec3
+    outcome: str
+    conflicts: int = 0
+    stored: np.ndarray | None = None
+
+
+def _same(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    """Equal chunks, ``None`` (absent) reading as zeros."""
+    if a is b:
+        return True
+    if a is None:
+        return not np.any(b)
+    if b is None:
+        return not np.any(a)
+    return bool(np.array_equal(a, b))
+
+
+def merge_chunk(
+    ours: np.ndarray, base: np.ndarray | None, stored: np.ndarray | None
+) -> tuple[np.ndarray | None, int]:
+    """Three-way merge of one chunk: where ``ours`` differs from ``base`` (the chunk our
+    edits were made on) our voxels win, elsewhere the ``stored`` ones (another writer's).
+    ``None`` (absent) reads as zeros. Returns the merged chunk (``None`` when it equals
+    ``stored``: nothing of ours is left to write) and the number of voxels both changed
+    to different values."""
+    base_a = np.zeros_like(ours) if base is None else base
+    stored_a = np.zeros_like(ours) if stored is None else stored
+    mine = ours != base_a
+    theirs = stored_a != base_a
+    merged = np.where(mine, ours, stored_a)
+    both = int(np.count_nonzero(mine & theirs & (ours != stored_a)))
+    return (None if np.array_equal(merged, stored_a) else merged), both
 
 
 class Transaction:
@@ -104,6 +152,54 @@ class Transaction:
             else:
                 self.put(handle, pos, new)
             return True
+
+    def rebase(
+        self,
+        scale: OpenedScale,
+        bases: Mapping[Vec3, np.ndarray | None],
+        positions: Sequence[Vec3] | None = None,
+        *,
+        batch: int = 256,
+    ) -> list[Rebased]:
+        """Bring this transaction's dirty chunks of ``scale`` (or those of ``positions``)
+        up to date with what is stored now, before a commit overwrites it.
+
+        ``bases[pos]`` is the stored chunk (``None``: absent) the edits of ``pos`` were
+        made on. A chunk equal to its base is dropped (edits undone); a chunk whose stored
+        version is still its base is kept; otherwise another writer changed it and it is
+        merged voxel by voxel (:func:`merge_chunk`). Stored chunks are read afresh (cached
+        shard indices of the chunks' groups are dropped first). A chunk rewritten while
+        this runs is left alone (the newer write wins)."""
+        with self._lock:
+            entry = self._dirty.get(id(scale))
+            todo = [] if entry is None else list(entry[1])
+        if positions is not None:
+            wanted = set(positions)
+            todo = [p for p in todo if p in wanted]
+        if not todo:
+            return []
+        scale.store.invalidate(list(set(scale.store.groups_of(todo))))
+        out: list[Rebased] = []
+        for i in range(0, len(todo), batch):
+            part = todo[i : i + batch]
+            for pos, blob in zip(part, scale.store.read_chunks(part), strict=True):
+                ours = self.get(scale, pos)
+                if ours is None:
+                    continue
+                base = bases.get(pos)
+                if _same(ours, base):
+                    if self.replace(scale, pos, ours, None):
+                        out.append(Rebased(pos, "unchanged"))
+                    continue
+                stored = None if blob is None else scale.decode(pos, blob)
+                if _same(stored, base):
+                    out.append(Rebased(pos, "kept"))
+                    continue
+                merged, both = merge_chunk(ours, base, stored)
+                if self.replace(scale, pos, ours, merged):
+                    outcome = "superseded" if merged is None else "merged"
+                    out.append(Rebased(pos, outcome, both, stored))
+        return out
 
     # -- commit ---------------------------------------------------------------------------
     def commit(
