@@ -42,9 +42,11 @@ import numpy as np
 
 import precomputed
 from precomputed import InvalidArgumentError, OutOfRangeError, PrecomputedError, Volume
+from precomputed.chunkstore import CommitStats
 from precomputed.downsample import downsample_mode
-from precomputed.grid import Box
-from precomputed.storage import CommitStats
+from precomputed.driver import open_scale
+from precomputed.internal.geometry import Box
+from precomputed.readpath import fetch
 from precomputed.transaction import Transaction
 
 from ._pyramid import _integer_factor
@@ -475,7 +477,7 @@ def _fit_budget(
 
 
 def _volume_key(vol: Volume) -> tuple[str, str]:
-    return vol.kvstore.url, vol._h.path
+    return vol.kvstore.url, vol.path
 
 
 def _reader_layer_volumes(layer: Any) -> dict[int, Volume]:
@@ -563,7 +565,7 @@ class EditSession:
         self.last_result: CommitResult | None = None
         self.last_error: BaseException | None = None
         self.closed = False
-        self._handle = vol._h
+        self._handle = vol.handle
         self._lock = threading.Lock()  # guards _bases and _pending
         self._commit_lock = threading.Lock()
         self._committing = False
@@ -636,8 +638,8 @@ class EditSession:
         """Shard files (or, unsharded, chunk keys) the next commit would rewrite."""
         positions = self._dirty()
         store = self._handle.store
-        if not positions or not hasattr(store, "groups_of"):
-            return len(positions)
+        if not positions:
+            return 0
         return len(set(store.groups_of(positions)))  # vectorised: cheap for many chunks
 
     @property
@@ -682,7 +684,7 @@ class EditSession:
         if not todo:
             return
         found: dict[tuple[int, int, int], np.ndarray | None] = {}
-        self._handle.fetch(todo, None, found.__setitem__, fill_missing=True)
+        fetch(self._handle, todo, None, found.__setitem__, fill_missing=True)
         with self._lock:
             for p in todo:
                 if p in dirty:
@@ -779,7 +781,7 @@ class EditSession:
         we read them are merged voxel by voxel and reported."""
         store = self._handle.store
         self._capture_bases(positions)
-        groups = store.groups_of(positions) if hasattr(store, "groups_of") else []
+        groups = store.groups_of(positions)
         store.invalidate(list(set(groups)))  # see other writers' shards, not cached indices
         for i in range(0, len(positions), _RECONCILE_BATCH):
             batch = positions[i : i + _RECONCILE_BATCH]
@@ -943,11 +945,11 @@ class EditSession:
         shard indices (ours were rewritten) and, with another cache, the chunks."""
         for index, vol in vols.items():
             mine = self.volumes.get(index)
-            if mine is None or vol._h is mine._h:
+            if mine is None or vol.handle is mine.handle:
                 continue
-            vol._h.store.invalidate()
+            vol.handle.store.invalidate()
             if vol.context is not mine.context:
-                vol.context.cache.invalidate_prefix((vol._h.cache_id,))
+                vol.context.cache.invalidate_prefix((vol.handle.cache_id,))
 
     # -- closing --------------------------------------------------------------------------
     def close(self, *, force: bool = False) -> bool:
@@ -1106,13 +1108,7 @@ def _dedupe(boxes: list[Box]) -> list[Box]:
 
 def _open_scale(volume: Volume, index: int) -> Volume:
     """Another scale of ``volume``'s dataset, sharing its store and cache."""
-    return precomputed.open(
-        {"driver": "neuroglancer_precomputed", "kvstore": volume.kvstore.spec(),
-         "path": volume._h.path},
-        kvstore=volume.kvstore,
-        context=volume.context,
-        scale_index=index,
-    )  # fmt: skip
+    return open_scale(volume, index)
 
 
 def _source_name(source: Any) -> str:

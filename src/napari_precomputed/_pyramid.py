@@ -25,11 +25,11 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from precomputed.internal.geometry import Vec3
+
 __all__ = ["Level", "Pyramid", "plan_pyramid"]
 
 log = logging.getLogger("napari_precomputed")
-
-Vec3 = tuple[int, int, int]
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ import numpy as np
 
 import precomputed
 from precomputed import KvStore, MultiscaleMetadata, PrecomputedError, Volume
+from precomputed.kvstore.url import parse_url
 from precomputed.spec import parse_spec
 
 from ._array import LevelArray
@@ -34,7 +35,6 @@ ReaderFunction = Callable[[Any], list[LayerData]]
 #: An ``info`` larger than this is not a volume's (they are a few KiB).
 _MAX_INFO_BYTES = 16 * 1024 * 1024
 _MULTISCALE_TYPE = "neuroglancer_multiscale_volume"
-_REMOTE = ("gs://", "gcs://", "s3://", "http://", "https://", "memory://", "precomputed://")
 #: Region of the coarsest level sampled for contrast limits (x, y voxels).
 _SAMPLE_XY = 256
 
@@ -76,10 +76,8 @@ def _probe_or_raise(path: str) -> _Target | None:
     path = path.strip()
     if not path:
         return None
-    remote = path.lower().startswith(_REMOTE)
-    if not remote and "://" in path and not path.lower().startswith("file://"):
-        return None  # a scheme we have no store for
-    if remote:
+    root, volume_path = parse_url(path)  # the driver's URL parser: other schemes raise
+    if root["driver"] != "file":
         source = path.rstrip("/")
         if source.endswith("/info"):
             source = source[: -len("/info")]
@@ -91,8 +89,7 @@ def _probe_or_raise(path: str) -> _Target | None:
         if data is None:
             return None
     else:
-        local = path[len("file://") :] if path.lower().startswith("file://") else path
-        local = os.path.expanduser(local)
+        local = os.sep + volume_path  # absolute, ~ expanded, file:// escapes decoded
         if os.path.basename(local.rstrip(os.sep)) == "info" and os.path.isfile(local):
             local = os.path.dirname(local.rstrip(os.sep))
         info = os.path.join(local, "info")

@@ -7,9 +7,8 @@ README and docs/ for the spec, URLs, transactions and sharding.
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _distribution_version
 
-from ._recycle import set_recycling_limit
-from .batch import read_many
-from .cache import ChunkCache, Context, default_context
+from .cache import ChunkCache
+from .context import Context, default_context
 from .dask import store, to_dask
 from .driver import open, open_scales, read_info
 from .errors import (
@@ -24,12 +23,14 @@ from .errors import (
     ReadOnlyError,
     UnimplementedError,
 )
+from .internal.recycle import set_recycling_limit
 from .kvstore import KvStore, open_kvstore
-from .lazy import ZyxArray
 from .metadata import MultiscaleMetadata, ScaleMetadata
+from .schema import ChunkLayout
 from .sharding import ShardingSpec
 from .transaction import Transaction
-from .volume import ChunkLayout, IndexDomain, Volume
+from .views import ZyxArray
+from .volume import IndexDomain, Volume, read_many
 
 try:  # one source of truth: the version in pyproject.toml, as installed
     __version__ = _distribution_version("napari-precomputed")

@@ -1,5 +1,6 @@
-"""Command line: ``precomputed info URL``, ``precomputed demo``, ``precomputed view URL``,
-``precomputed --version``."""
+"""Command line: ``precomputed info URL`` and ``precomputed --version``; the commands that
+need napari (``precomputed view URL``, ``precomputed demo``) come from the plugin through
+the ``precomputed.commands`` entry point group, so the driver never imports napari."""
 
 from __future__ import annotations
 
@@ -7,19 +8,24 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from functools import partial
+from importlib.metadata import entry_points
+from typing import Any
 
-__all__ = ["main", "format_info"]
+from .metadata import MultiscaleMetadata
+
+__all__ = ["main", "format_info", "ENTRY_POINT_GROUP", "PLUGIN_COMMANDS"]
 
 
-def format_info(meta: object, url: str = "") -> str:
+def format_info(meta: MultiscaleMetadata, url: str = "") -> str:
     """A readable table of a volume's scales."""
-    m = meta  # MultiscaleMetadata
+    m = meta
     lines = []
     if url:
         lines.append(url)
     lines.append(
-        f"type: {m.type}   data_type: {m.data_type}   num_channels: {m.num_channels}   "  # type: ignore[attr-defined]
-        f"scales: {len(m.scales)}"  # type: ignore[attr-defined]
+        f"type: {m.type}   data_type: {m.data_type}   num_channels: {m.num_channels}   "
+        f"scales: {len(m.scales)}"
     )
     header = [
         "#",
@@ -32,12 +38,12 @@ def format_info(meta: object, url: str = "") -> str:
         "sharding",
     ]
     rows = [header]
-    for i, s in enumerate(m.scales):  # type: ignore[attr-defined]
+    for i, s in enumerate(m.scales):
         enc = s.encoding
         if enc == "jpeg":
             enc += f" q{s.jpeg_quality}"
         elif enc == "compressed_segmentation":
-            enc = "cseg " + "x".join(map(str, s.compressed_segmentation_block_size))
+            enc = "cseg " + "x".join(map(str, s.compressed_segmentation_block_size or ()))
         shard = "-"
         if s.sharding is not None:
             sd = s.sharding
@@ -78,43 +84,35 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from .samples import sample_volumes
-
-    image, seg = sample_volumes(args.dir)
-    print(f"sample image:        {image}")
-    print(f"sample segmentation: {seg}")
-    if args.no_viewer:
-        from .driver import open as open_volume
-
-        for path in (image, seg):
-            vol = open_volume(path)
-            print(format_info(vol.metadata, path))
-            z = vol.domain.inclusive_min[2] + vol.shape[2] // 2
-            plane = vol[:, :, z, 0].read()
-            print(
-                f"z={z} plane: shape {plane.shape}, min {plane.min()}, max {plane.max()}, "
-                f"{len(set(plane.ravel().tolist()))} distinct values"
-            )
-        return 0
-    return _view([image, seg])
+#: Commands the napari plugin provides (entry point group ``precomputed.commands``).
+PLUGIN_COMMANDS = {"view": "open volumes in napari", "demo": "generate the sample volume and open it in napari"}
+ENTRY_POINT_GROUP = "precomputed.commands"
 
 
-def _view(paths: Sequence[str]) -> int:
-    try:
-        import napari
-    except ImportError:
-        print("napari is not installed: pip install 'napari-precomputed[napari]'", file=sys.stderr)
-        return 1
-    viewer = napari.Viewer()
-    for p in paths:
-        viewer.open(p, plugin="napari-precomputed")
-    napari.run()
-    return 0
+def _plugin_commands(sub: Any) -> None:
+    """Let installed plugins add their commands (``register(subparsers)``); stand-ins
+    that say what to install for the ones that did not arrive."""
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            register = ep.load()
+        except Exception as e:  # a broken plugin must not break `precomputed info`
+            print(f"warning: could not load precomputed commands from {ep.value}: {e}", file=sys.stderr)
+            continue
+        register(sub)
+    for name, help in PLUGIN_COMMANDS.items():
+        if name not in sub.choices:
+            p = sub.add_parser(name, help=f"{help} (needs the napari plugin)", add_help=False)
+            p.add_argument("args", nargs=argparse.REMAINDER)
+            p.set_defaults(func=partial(_missing_plugin, name))
 
 
-def _cmd_view(args: argparse.Namespace) -> int:
-    return _view(args.urls)
+def _missing_plugin(name: str, args: argparse.Namespace) -> int:
+    print(
+        f"error: `precomputed {name}` needs the napari plugin, which is not installed: "
+        "pip install 'napari-precomputed[napari]'",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -127,13 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("url", help="volume URL or path (gs://, s3://, https://, file://, path)")
     p.add_argument("--json", action="store_true", help="print the info JSON instead")
     p.set_defaults(func=_cmd_info)
-    p = sub.add_parser("demo", help="generate the sample volume and open it in napari")
-    p.add_argument("--dir", default=None, help="where to write the sample (default: cache)")
-    p.add_argument("--no-viewer", action="store_true", help="print info and a slice instead")
-    p.set_defaults(func=_cmd_demo)
-    p = sub.add_parser("view", help="open volumes in napari")
-    p.add_argument("urls", nargs="+")
-    p.set_defaults(func=_cmd_view)
+    _plugin_commands(sub)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))

@@ -10,14 +10,15 @@ write the same shard or chunk; it is safe on a ``dask.distributed`` cluster of p
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from .errors import InvalidArgumentError
 
-if TYPE_CHECKING:
-    from .volume import Volume
+#: A 4-D ``precomputed.Volume`` view (typed loosely: this module sits below volume.py,
+#: which calls it, and uses only a view's public surface).
+Volume = Any
 
 __all__ = ["to_dask", "store", "aligned_chunks"]
 
@@ -25,10 +26,11 @@ __all__ = ["to_dask", "store", "aligned_chunks"]
 def aligned_chunks(vol: Volume, block: Sequence[int]) -> tuple[tuple[int, ...], ...]:
     """dask chunk sizes for ``vol`` (a 4-D view) whose boundaries fall on the grid of
     ``block`` (x, y, z, channel) anchored at the scale's voxel offset."""
-    origin = (*vol._h.grid.voxel_offset, 0)
+    origin = vol.chunk_layout.grid_origin
+    lo, hi = vol.domain.inclusive_min, vol.domain.exclusive_max  # a 4-D view: every dimension
     out = []
     for d in range(4):
-        a, b, step = vol._start[d], vol._stop[d], int(block[d])
+        a, b, step = lo[d], hi[d], int(block[d])
         edges = [a]
         k = (a - origin[d]) // step + 1
         while origin[d] + k * step < b:
@@ -98,7 +100,7 @@ def to_dask(vol: Volume, chunks: Any = None) -> Any:
         asarray=False,
         fancy=False,
         lock=False,
-        name=f"precomputed-{vol._h.cache_id!r}-{vol._start}-{vol._stop}",
+        name=f"precomputed-{vol.handle.cache_id!r}-{vol.domain.inclusive_min}-{vol.domain.exclusive_max}",
     )
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "downsampled_geometry",
     "METHODS",
     "check_factor",
+    "integer_factor",
 ]
 
 METHODS = ("mean", "mode")
@@ -62,6 +63,21 @@ def check_factor(factor: Sequence[int]) -> tuple[int, int, int]:
 
 
 _factor = check_factor
+
+
+def integer_factor(
+    resolution: Sequence[float], base: Sequence[float]
+) -> tuple[int, int, int] | None:
+    """The integer factor (x, y, z) by which ``resolution`` downsamples ``base``, or None
+    when some ratio is not a positive integer (within 1e-6 relative)."""
+    out = []
+    for r, b in zip(resolution, base, strict=True):
+        f = r / b
+        n = round(f)
+        if n < 1 or abs(f - n) > 1e-6 * max(1.0, f):
+            return None
+        out.append(int(n))
+    return tuple(out)  # type: ignore[return-value]
 
 
 def _blocks(

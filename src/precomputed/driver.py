@@ -1,4 +1,5 @@
-"""``open()``: TensorStore's open/create flow for Precomputed volumes.
+"""``open()``: TensorStore's open/create flow for Precomputed volumes; ``open_scales`` and
+``open_scale`` for the other scales of an opened volume; how volumes travel (pickling).
 
 1. ``delete_existing``: delete every key under the volume path, then create.
 2. open: read ``info``; select a scale. A missing scale falls through to creation only
@@ -9,18 +10,21 @@
 
 from __future__ import annotations
 
+import copyreg
 from typing import Any
 
+from . import constraints
 from . import metadata as md
-from .cache import Context, default_context
+from .chunkstore import ChunkStore, ShardedChunkStore, UnshardedChunkStore
+from .context import Context, default_context
 from .errors import AlreadyExistsError, FailedPreconditionError, NotFoundError
-from .grid import ChunkGrid
+from .internal.geometry import ChunkGrid
 from .kvstore import NO_VALUE, KvStore, open_kvstore
-from .spec import OpenRequest, bound_spec, parse_spec
-from .storage import ChunkStore, ShardedChunkStore, UnshardedChunkStore
-from .volume import ScaleHandle, Volume
+from .scale import OpenedScale
+from .spec import OpenRequest, parse_spec
+from .volume import Volume
 
-__all__ = ["open", "open_scales", "read_info"]
+__all__ = ["open", "open_scales", "open_scale", "read_info", "reopen_view"]
 
 _MAX_INFO_RETRIES = 32
 
@@ -67,7 +71,7 @@ def open(
         kv.delete_prefix(path)
 
     if req.assume_metadata or req.assume_cached_metadata:
-        created, index = md.create_scale(
+        created, index = constraints.create_scale(
             None, req.multiscale, req.scale, req.scale_index, req.schema
         )
         return _make_volume(kv, path, created, index, None, req, ctx)
@@ -77,7 +81,7 @@ def open(
         if req.open:
             if meta is not None:
                 try:
-                    index, chunk = md.select_scale(
+                    index, chunk = constraints.select_scale(
                         meta, req.multiscale, req.scale, req.scale_index, req.schema
                     )
                 except NotFoundError:
@@ -89,7 +93,7 @@ def open(
             elif not req.create:
                 raise NotFoundError(f'Metadata at "{info_key}" does not exist')
         try:
-            new_meta, index = md.create_scale(
+            new_meta, index = constraints.create_scale(
                 meta, req.multiscale, req.scale, req.scale_index, req.schema
             )
         except AlreadyExistsError:
@@ -110,24 +114,32 @@ def open_scales(spec: dict[str, Any] | str, **options: Any) -> list[Volume]:
     first (and validated); the result always lists all scales in ``info`` order.
     """
     first = open(spec, **options)
-    req: OpenRequest = first._h.request  # type: ignore[attr-defined]
-    vols = []
-    for i in range(len(first.metadata.scales)):
-        if i == first.scale_index:
-            vols.append(first)
-        else:
-            vols.append(
-                _make_volume(
-                    first.kvstore,
-                    first._h.path,
-                    first.metadata,
-                    i,
-                    None,
-                    req.for_scale(i),
-                    first.context,
-                )
-            )
-    return vols
+    return [
+        first if i == first.scale_index else open_scale(first, i)
+        for i in range(len(first.metadata.scales))
+    ]
+
+
+def open_scale(
+    volume: Volume, index: int, metadata: md.MultiscaleMetadata | None = None
+) -> Volume:
+    """Scale ``index`` of the volume ``volume`` belongs to, sharing its store, metadata
+    and context: the one way to open another scale of an opened volume (no I/O).
+    ``metadata`` (the volume's ``info`` as re-read) reaches scales added since ``volume``
+    was opened."""
+    h = volume.handle
+    meta = h.metadata if metadata is None else metadata
+    if not 0 <= index < len(meta.scales):
+        raise FailedPreconditionError(
+            f"Scale {index} does not exist, number of scales is {len(meta.scales)}"
+        )
+    if h.request is None:
+        req = parse_spec(
+            {"driver": "neuroglancer_precomputed", "kvstore": h.kvstore.spec(), "path": h.path}
+        )
+    else:
+        req = h.request
+    return _make_volume(h.kvstore, h.path, meta, index, None, req.for_scale(index), h.context)
 
 
 def _context_from(req: OpenRequest) -> Context:
@@ -156,10 +168,7 @@ def _make_volume(
     else:
         store = UnshardedChunkStore(kv, prefix, grid)
 
-    def spec_factory(minimal: bool = False) -> dict[str, Any]:
-        return bound_spec(meta, index, chunk_xyz, kv.spec(), req, minimal=minimal)
-
-    handle = ScaleHandle(
+    handle = OpenedScale(
         kvstore=kv,
         path=path,
         metadata=meta,
@@ -167,13 +176,29 @@ def _make_volume(
         chunk_size=chunk_xyz,
         store=store,
         context=ctx,
+        request=req,
         fill_missing_data_reads=req.fill_missing_data_reads,
         store_data_equal_to_fill_value=req.store_data_equal_to_fill_value,
-        spec_factory=spec_factory,
     )
-    handle.request = req  # type: ignore[attr-defined]
     vol = Volume(handle)
     selection = req.transform_index()
     if selection is not None:
         vol = vol[tuple(selection)]
     return vol
+
+
+# -- pickling: volumes travel as their spec ---------------------------------------------------
+
+
+def reopen_view(spec: dict[str, Any]) -> Volume:
+    """Reopen a pickled view from its spec (which carries the view's box as a
+    ``transform``): the receiver opens it with its own cache."""
+    return open(spec)
+
+
+def _reduce_volume(vol: Volume) -> tuple[Any, tuple[Any, ...]]:
+    # Nothing process-local (caches, pools, locks, transactions) travels with a volume.
+    return reopen_view, (vol.spec(),)
+
+
+copyreg.pickle(Volume, _reduce_volume)

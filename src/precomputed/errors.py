@@ -2,10 +2,14 @@
 
 Each class also subclasses the Python builtin a caller would naturally catch, so
 ``except ValueError`` keeps working for invalid specs and ``except FileNotFoundError``
-for missing volumes. Messages name the key or member at fault and the value received.
+for missing volumes. Messages name the key or member at fault and the value received;
+errors about a JSON member also carry :attr:`PrecomputedError.member_path`, so a user
+interface can point at the field without reading the message.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 __all__ = [
     "PrecomputedError",
@@ -22,7 +26,19 @@ __all__ = [
 
 
 class PrecomputedError(Exception):
-    """Base class of every error raised by the driver."""
+    """Base class of every error raised by the driver.
+
+    ``member_path`` names the JSON member the error concerns, outermost first: object
+    member names and array positions, e.g. ``("scale_metadata", "size", 1)`` for the
+    second element of ``scale_metadata.size``. It is filled as the message's ``Error
+    parsing object member "..."`` prefixes are added (``internal.jsonparse.member`` and
+    ``position``), or given directly where a rule concerns one member; ``()`` when the
+    error concerns no member.
+    """
+
+    def __init__(self, *args: object, member_path: Sequence[str | int] = ()) -> None:
+        super().__init__(*args)
+        self.member_path: tuple[str | int, ...] = tuple(member_path)
 
 
 class InvalidArgumentError(PrecomputedError, ValueError):

@@ -14,11 +14,12 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
-from ._jsonparse import (
+from .codecs.table import ENCODINGS
+from .errors import FailedPreconditionError, InvalidArgumentError
+from .internal.jsonparse import (
     MISSING,
-    SUPPORTED_DTYPES,
     RankError,
     as_int,
     check_extra_members,
@@ -35,15 +36,9 @@ from ._jsonparse import (
     parse_vector,
     position,
     require_object,
-    validate_dtype,
 )
-from .errors import FailedPreconditionError, InvalidArgumentError
-
-if TYPE_CHECKING:
-    from .metadata import MultiscaleMetadata
 
 __all__ = [
-    "SUPPORTED_DTYPES",
     "DRIVER_ID",
     "Unit",
     "CodecSpec",
@@ -52,7 +47,6 @@ __all__ = [
     "Domain",
     "Schema",
     "choose_chunk_shape",
-    "validate_dtype",
     "validate_units",
     "merge_units_with_resolution",
     "format_units",
@@ -157,7 +151,8 @@ def merge_units_with_resolution(
                 res = "{" + ", ".join(format_g(r) for r in resolution) + "}"
                 raise InvalidArgumentError(
                     f"Dimension units {format_units(units)} do not match "
-                    f'"resolution" in metadata: {res}'
+                    f'"resolution" in metadata: {res}',
+                    member_path=("resolution",),
                 )
     return [Unit(float(r), "nm") for r in resolution] + [None]
 
@@ -165,9 +160,6 @@ def merge_units_with_resolution(
 # ---------------------------------------------------------------------------------------
 # Codec
 # ---------------------------------------------------------------------------------------
-
-_ENCODINGS = ("raw", "png", "jpeg", "compressed_segmentation")
-
 
 @dataclass
 class CodecSpec:
@@ -192,7 +184,7 @@ class CodecSpec:
         spec = cls()
         if "encoding" in obj:
             with member("encoding"):
-                spec.encoding = parse_enum(obj["encoding"], _ENCODINGS)
+                spec.encoding = parse_enum(obj["encoding"], ENCODINGS)
         for name, enc, hi in (("jpeg_quality", "jpeg", 100), ("png_level", "png", 9)):
             if name in obj:
                 with member(name):
@@ -360,15 +352,62 @@ def _parse_aspect(value: Any) -> list[float]:
 
 @dataclass
 class ChunkLayout:
-    """A ``chunk_layout`` constraint: grid origin, inner order and the three chunk grids."""
+    """TensorStore's ``chunk_layout``: grid origin, inner order and the three chunk grids.
 
-    grid_origin: list[int | None] = field(default_factory=lambda: [None] * RANK)
+    One class for both uses: a spec's constraint (members may be soft or unset), and the
+    layout of an opened scale (:meth:`of_scale`: every member a hard constraint), whose
+    shapes read as :attr:`read_chunk`, :attr:`write_chunk` and :attr:`codec_chunk` in x,
+    y, z, channel order.
+    """
+
+    #: A list while constraints are parsed; an opened scale's layout holds tuples.
+    grid_origin: Sequence[int | None] = field(default_factory=lambda: [None] * RANK)
     grid_origin_hard: list[bool] = field(default_factory=lambda: [False] * RANK)
-    inner_order: list[int] | None = None
+    inner_order: Sequence[int] | None = None
     inner_order_hard: bool = False
     read: GridConstraints = field(default_factory=GridConstraints)
     write: GridConstraints = field(default_factory=GridConstraints)
     codec: GridConstraints = field(default_factory=GridConstraints)
+
+    @classmethod
+    def of_scale(
+        cls,
+        grid_origin: Sequence[int],
+        read_chunk: Sequence[int],
+        write_chunk: Sequence[int],
+        codec_chunk: Sequence[int] | None = None,
+    ) -> ChunkLayout:
+        """The layout of an opened scale (x, y, z, channel): all hard constraints, inner
+        order channel, z, y, x, as TensorStore reports it."""
+        layout = cls(
+            grid_origin=tuple(int(v) for v in grid_origin),
+            grid_origin_hard=[True] * RANK,
+            inner_order=(3, 2, 1, 0),
+            inner_order_hard=True,
+        )
+        for grid, shape in (
+            (layout.read, read_chunk),
+            (layout.write, write_chunk),
+            (layout.codec, codec_chunk),
+        ):
+            if shape is not None:
+                grid.shape, grid.shape_hard = [int(v) for v in shape], [True] * RANK
+        return layout
+
+    @property
+    def read_chunk(self) -> tuple[int, ...]:
+        """Read chunk shape (x, y, z, channel; 0 where unconstrained)."""
+        return tuple(self.read.shape)
+
+    @property
+    def write_chunk(self) -> tuple[int, ...]:
+        """Write chunk shape: a whole shard for sharded scales, else the read chunk."""
+        return tuple(self.write.shape)
+
+    @property
+    def codec_chunk(self) -> tuple[int, ...] | None:
+        """The compressed_segmentation block (x, y, z, 1), ``None`` for other encodings."""
+        return tuple(self.codec.shape) if any(self.codec.shape_hard) else None
 
     @classmethod
     def from_json(cls, obj: Any) -> ChunkLayout:
@@ -392,6 +431,7 @@ class ChunkLayout:
             with member("rank"):
                 rank = parse_int(obj["rank"], 0, 32)
             _check_rank(rank)
+        origin = list(layout.grid_origin)
         for name, hard in (("grid_origin", True), ("grid_origin_soft_constraint", False)):
             if name in obj:
                 with member(name):
@@ -402,7 +442,8 @@ class ChunkLayout:
                         with position(d):
                             v = parse_int64(item)
                         if hard or not layout.grid_origin_hard[d]:
-                            layout.grid_origin[d], layout.grid_origin_hard[d] = v, hard
+                            origin[d], layout.grid_origin_hard[d] = v, hard
+        layout.grid_origin = origin
         for name, hard in (("inner_order", True), ("inner_order_soft_constraint", False)):
             if name in obj:
                 with member(name):
@@ -780,11 +821,11 @@ class Schema:
             )
 
     # -- open-time validation (§2.6) ----------------------------------------------------
-    def validate_against(
-        self, meta: MultiscaleMetadata, scale_index: int, chunk_size: Sequence[int]
-    ) -> None:
-        """Check this schema against an opened scale: dtype, codec, domain, chunk layout,
-        fill value and dimension units, in TensorStore's order and words."""
+    def validate_against(self, meta: Any, scale_index: int, chunk_size: Sequence[int]) -> None:
+        """Check this schema against an opened scale of ``meta`` (a ``MultiscaleMetadata``,
+        used only through its members, so the schema stays below the info model): dtype,
+        codec, domain, chunk layout, fill value and dimension units, in TensorStore's order
+        and words."""
         scale = meta.scales[scale_index]
         if self.dtype is not None and self.dtype != meta.data_type:
             raise FailedPreconditionError(

@@ -13,7 +13,6 @@ names the shard key and, when known, the minishard and the chunk id.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -23,8 +22,9 @@ from typing import Any
 import mmh3
 import numpy as np
 
-from ._deflate import gzip_compress, gzip_inflate
+from .codecs.gzip import GZIP_ERROR, gzip_compress, gzip_inflate
 from .errors import CorruptDataError, InvalidArgumentError
+from .internal import jsonparse
 
 __all__ = [
     "SHARDING_TYPE",
@@ -32,6 +32,7 @@ __all__ = [
     "morton_bits",
     "compressed_morton_codes",
     "placement_of",
+    "placement_of_id",
     "decode_morton_codes",
     "hash_chunk_ids",
     "shard_and_minishard",
@@ -58,53 +59,21 @@ __all__ = [
 SHARDING_TYPE = "neuroglancer_uint64_sharded_v1"
 _HASHES = ("identity", "murmurhash3_x86_128")
 _ENCODINGS = ("raw", "gzip")
+_MEMBERS = (
+    "@type",
+    "preshift_bits",
+    "minishard_bits",
+    "shard_bits",
+    "hash",
+    "data_encoding",
+    "minishard_index_encoding",
+)
 _U64 = (1 << 64) - 1
 _I64_MAX = (1 << 63) - 1
 
 # ---------------------------------------------------------------------------------------
 # Sharding spec
 # ---------------------------------------------------------------------------------------
-
-
-def _dump(value: Any) -> str:
-    """JSON text of ``value`` for error messages (``<unserializable>`` if not JSON)."""
-    try:
-        return json.dumps(value)
-    except (TypeError, ValueError):
-        return repr(value)
-
-
-def _int_member(obj: Mapping[str, Any], name: str, lo: int, hi: int, where: str) -> int:
-    """An integer member in ``[lo, hi]``; integral floats are accepted, bools are not."""
-    value = obj.get(name)
-    if isinstance(value, int) and not isinstance(value, bool):
-        if lo <= value <= hi:
-            return int(value)
-    elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
-        if lo <= value <= hi:
-            return int(value)
-    got = "member is missing" if name not in obj else f"received: {_dump(value)}"
-    raise InvalidArgumentError(
-        f'Error parsing object member "{where}": Error parsing object member "{name}": '
-        f"Expected integer in the range [{lo}, {hi}], but {got}"
-    )
-
-
-def _enum_member(
-    obj: Mapping[str, Any], name: str, choices: tuple[str, ...], where: str, default: str | None
-) -> str:
-    """A string member that must be one of ``choices`` (``default`` if absent)."""
-    if name not in obj and default is not None:
-        return default
-    value = obj.get(name)
-    if isinstance(value, str) and value in choices:
-        return value
-    got = "member is missing" if name not in obj else f"received: {_dump(value)}"
-    expected = ", ".join(f'"{c}"' for c in choices)
-    raise InvalidArgumentError(
-        f'Error parsing object member "{where}": Error parsing object member "{name}": '
-        f"Expected one of {expected}, but {got}"
-    )
 
 
 @dataclass(frozen=True)
@@ -125,39 +94,34 @@ class ShardingSpec:
     @classmethod
     def from_json(cls, obj: Any, member: str = "sharding") -> ShardingSpec:
         """Parse and validate a sharding JSON object; ``member`` names it in errors."""
-        if not isinstance(obj, Mapping):
-            raise InvalidArgumentError(
-                f'Error parsing object member "{member}": Expected object, but received: '
-                f"{_dump(obj)}"
-            )
-        type_id = obj.get("@type")
+        with jsonparse.member(member):
+            return cls._parse(obj)
+
+    @classmethod
+    def _parse(cls, obj: Any) -> ShardingSpec:
+        obj = jsonparse.require_object(obj)
+        type_id = obj.get("@type", jsonparse.MISSING)
         if type_id != SHARDING_TYPE:
-            got = "member is missing" if "@type" not in obj else f"received: {_dump(type_id)}"
-            raise InvalidArgumentError(
-                f'Error parsing object member "{member}": Error parsing object member "@type": '
-                f'Expected "{SHARDING_TYPE}", but {got}'
-            )
-        preshift = _int_member(obj, "preshift_bits", 0, 64, member)
-        minishard = _int_member(obj, "minishard_bits", 0, 32, member)
-        shard = _int_member(obj, "shard_bits", 0, 64 - minishard, member)
-        hash_ = _enum_member(obj, "hash", _HASHES, member, None)
-        data_enc = _enum_member(obj, "data_encoding", _ENCODINGS, member, "raw")
-        index_enc = _enum_member(obj, "minishard_index_encoding", _ENCODINGS, member, "raw")
-        known = {
-            "@type",
-            "preshift_bits",
-            "minishard_bits",
-            "shard_bits",
-            "hash",
-            "data_encoding",
-            "minishard_index_encoding",
-        }
-        extra = [k for k in obj if k not in known]
-        if extra:
-            names = ", ".join(_dump(k) for k in extra)
-            raise InvalidArgumentError(
-                f'Error parsing object member "{member}": Object includes extra members: {names}'
-            )
+            with jsonparse.member("@type"):
+                raise jsonparse.fail(f'"{SHARDING_TYPE}"', type_id)
+
+        def integer(name: str, lo: int, hi: int) -> int:
+            with jsonparse.member(name):
+                return jsonparse.parse_int(obj.get(name, jsonparse.MISSING), lo, hi)
+
+        def choice(name: str, choices: tuple[str, ...], default: str | None) -> str:
+            if name not in obj and default is not None:
+                return default
+            with jsonparse.member(name):
+                return jsonparse.parse_enum(obj.get(name, jsonparse.MISSING), choices)
+
+        preshift = integer("preshift_bits", 0, 64)
+        minishard = integer("minishard_bits", 0, 32)
+        shard = integer("shard_bits", 0, 64 - minishard)
+        hash_ = choice("hash", _HASHES, None)
+        data_enc = choice("data_encoding", _ENCODINGS, "raw")
+        index_enc = choice("minishard_index_encoding", _ENCODINGS, "raw")
+        jsonparse.check_extra_members(obj, _MEMBERS)
         spec = object.__new__(cls)
         for name, value in (
             ("preshift_bits", preshift),
@@ -238,14 +202,20 @@ def placement_of(pos: Sequence[int], bits: Sequence[int], spec: ShardingSpec) ->
     code = 0
     for j, (d, i) in enumerate(_morton_schedule_cached(tuple(bits))):
         code |= ((int(pos[d]) >> i) & 1) << j
-    hashed = code >> spec.preshift_bits if spec.preshift_bits < 64 else 0
+    return (code, *placement_of_id(code, spec))
+
+
+def placement_of_id(chunk_id: int, spec: ShardingSpec) -> tuple[int, int]:
+    """``(shard, minishard)`` of one chunk id, in plain integers: the same as
+    :func:`shard_and_minishard` without numpy's set-up."""
+    hashed = chunk_id >> spec.preshift_bits if spec.preshift_bits < 64 else 0
     if spec.hash != "identity":
         digest = mmh3.mmh3_x86_128_digest(hashed.to_bytes(8, "little"), 0)
         hashed = int.from_bytes(digest[:8], "little")
     combined = hashed & ((1 << (spec.minishard_bits + spec.shard_bits)) - 1)
     minishard = combined & ((1 << spec.minishard_bits) - 1)
     shard = combined >> spec.minishard_bits if spec.minishard_bits < 64 else 0
-    return code, shard & ((1 << spec.shard_bits) - 1), minishard
+    return shard & ((1 << spec.shard_bits) - 1), minishard
 
 
 @lru_cache(maxsize=64)
@@ -309,21 +279,8 @@ def shard_filename(shard: int, spec: ShardingSpec) -> str:
 
 
 # ---------------------------------------------------------------------------------------
-# gzip and byte ranges
+# Byte ranges
 # ---------------------------------------------------------------------------------------
-
-
-def _gzip_compress(data: bytes | bytearray | memoryview) -> bytes:
-    """gzip with TensorStore's parameters (level 9, mtime 0, OS 3)."""
-    return gzip_compress(data)
-
-
-def _gzip_decompress(data: bytes) -> bytes:
-    """Decode exactly one gzip member; ``ValueError`` on anything else."""
-    out, why = gzip_inflate(data)
-    if why is not None:
-        raise ValueError("Error decoding zlib-compressed data")
-    return out
 
 
 def _signed(v: int) -> int:
@@ -443,10 +400,9 @@ def decode_minishard_index(
     """
     where = f'Error decoding minishard index for minishard {minishard} in "{key}"'
     if spec.minishard_index_encoding == "gzip":
-        try:
-            data = _gzip_decompress(bytes(data))
-        except ValueError as e:
-            raise CorruptDataError(f"{where}: {e}") from None
+        data, why = gzip_inflate(bytes(data))
+        if why is not None:
+            raise CorruptDataError(f"{where}: {GZIP_ERROR}")
     if len(data) % 24:
         raise CorruptDataError(f"{where}: Invalid minishard index length: {len(data)}")
     n = len(data) // 24
@@ -487,17 +443,17 @@ def decode_minishard_index(
 
 def encode_chunk_data(data: bytes, spec: ShardingSpec) -> bytes:
     """Apply the shard ``data_encoding`` to one chunk's (volume-encoded) bytes."""
-    return _gzip_compress(data) if spec.data_encoding == "gzip" else bytes(data)
+    return gzip_compress(data) if spec.data_encoding == "gzip" else bytes(data)
 
 
 def decode_chunk_data(data: bytes | memoryview, spec: ShardingSpec, what: str) -> bytes:
     """Undo the shard ``data_encoding``; ``what`` (e.g. chunk id and key) names it in errors."""
     if spec.data_encoding != "gzip":
         return bytes(data)
-    try:
-        return _gzip_decompress(bytes(data))
-    except ValueError as e:
-        raise CorruptDataError(f"Error decoding {what}: {e}") from None
+    out, why = gzip_inflate(bytes(data))
+    if why is not None:
+        raise CorruptDataError(f"Error decoding {what}: {GZIP_ERROR}")
+    return out
 
 
 def encode_shard(
@@ -556,7 +512,7 @@ def encode_shard(
                 pieces.append(prefix)
                 offset += len(prefix)
             if gzip_data:
-                data = _gzip_compress(data)
+                data = gzip_compress(data)
             elif not isinstance(data, bytes):
                 data = memoryview(data).cast("B")  # e.g. a view from split_shard: no copy
             pieces.append(data)
@@ -565,7 +521,7 @@ def encode_shard(
             ends[k] = offset
         index = encode_minishard_index(ids[i:j], starts, ends)
         if gzip_index:
-            index = _gzip_compress(index)
+            index = gzip_compress(index)
         pieces.append(index)
         ranges[m] = (offset, offset + len(index))
         offset += len(index)

@@ -1,10 +1,9 @@
 """Open/create requests: a TensorStore ``neuroglancer_precomputed`` JSON spec or a URL,
 parsed and normalized into an :class:`OpenRequest`; and the bound spec of an open scale.
 
-URLs accepted (each optionally prefixed ``precomputed://`` as Neuroglancer and CloudVolume
-write them, or suffixed ``|neuroglancer-precomputed:`` as TensorStore writes them):
-``gs://bucket/path``, ``s3://bucket/path``, ``http(s)://host/path``, ``file:///abs/path``,
-``memory://path`` and plain local paths (made absolute).
+URLs are parsed by :func:`precomputed.kvstore.url.parse_url` (``gs://``, ``s3://``,
+``http(s)://``, ``file://``, ``memory://``, plain paths; ``precomputed://`` prefixes and
+``|neuroglancer-precomputed:`` suffixes).
 
 The kvstore is split TensorStore-style into a *root* (``OpenRequest.kvstore``: the driver
 and its members without ``path``; ``"/"`` for local files) and the volume directory
@@ -21,11 +20,15 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
-from ._jsonparse import (
+from .codecs.table import check_data_type
+from .constraints import MultiscaleConstraints, ScaleConstraints, constraint_domain
+from .errors import InvalidArgumentError
+from .internal.jsonparse import (
     MISSING,
     check_extra_members,
+    concerning,
     dump_json,
     fail,
     member,
@@ -35,17 +38,9 @@ from ._jsonparse import (
     parse_string,
     parse_uint64,
     require_object,
-    validate_dtype,
 )
-from .errors import InvalidArgumentError
-from .metadata import (
-    MultiscaleConstraints,
-    MultiscaleMetadata,
-    ScaleConstraints,
-    constraint_domain,
-    join_path,
-    normalize_path,
-)
+from .kvstore.url import join_path, normalize_path, parse_url
+from .metadata import MultiscaleMetadata
 from .schema import (
     DRIVER_ALIASES,
     DRIVER_ID,
@@ -87,7 +82,6 @@ _SCHEMA_OPTIONS = (
     "fill_value",
     "dimension_units",
 )
-_URL_SUFFIXES = ("|neuroglancer-precomputed:", "|neuroglancer_precomputed:")
 
 
 @dataclass
@@ -157,40 +151,6 @@ class OpenRequest:
 # ---------------------------------------------------------------------------------------
 # URLs and kvstores
 # ---------------------------------------------------------------------------------------
-
-
-def parse_url(url: str) -> tuple[dict[str, Any], str]:
-    """Split a kvstore URL into ``(root kvstore spec, path)`` (path not yet normalized)."""
-    if url.startswith("precomputed://"):
-        url = url[len("precomputed://") :]
-    for suffix in _URL_SUFFIXES:
-        if url.endswith(suffix):
-            url = url[: -len(suffix)]
-    if "|" in url:
-        raise InvalidArgumentError(f"Unsupported URL pipeline: {dump_json(url)}")
-    if "://" not in url:
-        return {"driver": "file", "path": "/"}, os.path.abspath(os.path.expanduser(url))[1:]
-    scheme, rest = url.split("://", 1)
-    scheme = scheme.lower()
-    if scheme == "file":
-        if not rest.startswith("/"):
-            raise InvalidArgumentError(f"file URL must be absolute (file:///...): {url!r}")
-        return {"driver": "file", "path": "/"}, unquote(rest)[1:]
-    if scheme == "memory":
-        return {"driver": "memory"}, rest
-    if scheme in ("gs", "gcs", "s3"):
-        bucket, _, path = rest.partition("/")
-        if not bucket:
-            raise InvalidArgumentError(f"missing bucket name in {url!r}")
-        return {"driver": "s3" if scheme == "s3" else "gcs", "bucket": bucket}, path
-    if scheme in ("http", "https"):
-        parts = urlsplit(url)
-        base = f"{parts.scheme}://{parts.netloc}" + (f"?{parts.query}" if parts.query else "")
-        return {"driver": "http", "base_url": base}, unquote(parts.path).lstrip("/")
-    raise InvalidArgumentError(
-        f"Unsupported URL scheme {scheme!r} in {url!r} (expected gs, s3, http, https, file, "
-        "memory or a local path)"
-    )
 
 
 def _split_kvstore(kvstore: Any) -> tuple[dict[str, Any], str]:
@@ -408,7 +368,8 @@ def _parse_object(obj: dict[str, Any]) -> OpenRequest:
         raise InvalidArgumentError('"kvstore" must be specified')
     req.path = normalize_path(join_path(base, path))
     if req.multiscale.data_type is not None:
-        validate_dtype(req.multiscale.data_type)
+        with concerning("multiscale_metadata", "data_type"):
+            check_data_type(req.multiscale.data_type)
     schema.dtype = schema.dtype or req.multiscale.data_type
     req.schema = schema
     req.dtype = schema.dtype

@@ -1,35 +1,80 @@
 """Write-back buffer of dirty chunks, committed grouped by shard.
 
 A :class:`Transaction` holds decoded chunks that were written but not yet stored; every
-read made through it sees them. ``commit()`` encodes the dirty chunks group by group (a
-shard file, or a single chunk key when unsharded) and rewrites each group exactly once.
-Edits made while a commit runs, and edits of groups whose commit failed, stay dirty, so
-a later commit (a retry) stores them; nothing is dropped silently.
+read made through it sees them (it is the read path's :class:`~.scale.ChunkOverlay`).
+``commit()`` hands the dirty chunks to the write path's one commit scheduler
+(:func:`.writepath.commit_chunks`), which rewrites each group (a shard file, or a single
+chunk key when unsharded) exactly once. Edits made while a commit runs, and edits of
+groups whose commit failed, stay dirty, so a later commit (a retry) stores them; nothing
+is dropped silently.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Hashable
-from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from .storage import CommitStats
+from .chunkstore import CommitStats
+from .internal.geometry import Vec3
+from .scale import OpenedScale
+from .writepath import GROUP_CONCURRENCY, commit_chunks
 
-if TYPE_CHECKING:
-    from .volume import ScaleHandle
+__all__ = ["Transaction", "Rebased", "merge_chunk", "GROUP_CONCURRENCY"]
 
-__all__ = ["Transaction", "commit_chunks"]
-
-Vec3 = tuple[int, int, int]
 Progress = Callable[[int, int], None]
-#: ``(handle, {pos: stored chunk}, positions rewritten meanwhile)``: see ``commit``.
-Committed = Callable[["ScaleHandle", dict[Vec3, np.ndarray], set[Vec3]], None]
+#: ``(scale, {pos: stored chunk}, positions rewritten meanwhile)``: see ``commit``.
+Committed = Callable[[OpenedScale, dict[Vec3, np.ndarray], set[Vec3]], None]
 
-#: Groups (shards or chunks) committed concurrently: bounds memory to a few shards.
-GROUP_CONCURRENCY = 4
+
+@dataclass(frozen=True)
+class Rebased:
+    """What :meth:`Transaction.rebase` did with one dirty chunk.
+
+    ``outcome``: ``"unchanged"`` (the edits were undone: the chunk is no longer dirty),
+    ``"kept"`` (storage still holds the base: the edits stand as they are), ``"merged"``
+    (another writer changed the chunk: merged voxel by voxel, still dirty) or
+    ``"superseded"`` (the merge equals what is stored: no longer dirty). ``conflicts``
+    counts the voxels both changed to different values (ours were kept); ``stored`` is
+    the chunk as stored now (``None``: absent) for merged and superseded chunks, the new
+    base of their edits.
+    """
+
+    position: Vec3
+    outcome: str
+    conflicts: int = 0
+    stored: np.ndarray | None = None
+
+
+def _same(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    """Equal chunks, ``None`` (absent) reading as zeros."""
+    if a is b:
+        return True
+    if a is None:
+        return not np.any(b)
+    if b is None:
+        return not np.any(a)
+    return bool(np.array_equal(a, b))
+
+
+def merge_chunk(
+    ours: np.ndarray, base: np.ndarray | None, stored: np.ndarray | None
+) -> tuple[np.ndarray | None, int]:
+    """Three-way merge of one chunk: where ``ours`` differs from ``base`` (the chunk our
+    edits were made on) our voxels win, elsewhere the ``stored`` ones (another writer's).
+    ``None`` (absent) reads as zeros. Returns the merged chunk (``None`` when it equals
+    ``stored``: nothing of ours is left to write) and the number of voxels both changed
+    to different values."""
+    base_a = np.zeros_like(ours) if base is None else base
+    stored_a = np.zeros_like(ours) if stored is None else stored
+    mine = ours != base_a
+    theirs = stored_a != base_a
+    merged = np.where(mine, ours, stored_a)
+    both = int(np.count_nonzero(mine & theirs & (ours != stored_a)))
+    return (None if np.array_equal(merged, stored_a) else merged), both
 
 
 class Transaction:
@@ -42,13 +87,13 @@ class Transaction:
     def __init__(self) -> None:
         self._lock = threading.RLock()
         # id(handle) -> (handle, {pos: (version, chunk_czyx)})
-        self._dirty: dict[int, tuple[ScaleHandle, dict[Vec3, tuple[int, np.ndarray]]]] = {}
+        self._dirty: dict[int, tuple[OpenedScale, dict[Vec3, tuple[int, np.ndarray]]]] = {}
         self._version = 0
-        self._bound: list[Any] = []  # volumes whose writes go here while in a with-block
+        self._bound: list[OpenedScale] = []  # scales whose writes go here in a with-block
         self.last_stats: CommitStats | None = None
 
     # -- buffer ---------------------------------------------------------------------------
-    def get(self, handle: ScaleHandle, pos: Vec3) -> np.ndarray | None:
+    def get(self, handle: OpenedScale, pos: Vec3) -> np.ndarray | None:
         with self._lock:
             entry = self._dirty.get(id(handle))
             if entry is None:
@@ -56,7 +101,7 @@ class Transaction:
             item = entry[1].get(pos)
             return None if item is None else item[1]
 
-    def put(self, handle: ScaleHandle, pos: Vec3, chunk: np.ndarray) -> None:
+    def put(self, handle: OpenedScale, pos: Vec3, chunk: np.ndarray) -> None:
         with self._lock:
             self._version += 1
             entry = self._dirty.setdefault(id(handle), (handle, {}))
@@ -67,7 +112,7 @@ class Transaction:
         with self._lock:
             return sum(len(e[1]) for e in self._dirty.values())
 
-    def dirty_positions(self) -> dict[ScaleHandle, list[Vec3]]:
+    def dirty_positions(self) -> dict[OpenedScale, list[Vec3]]:
         with self._lock:
             return {e[0]: list(e[1]) for e in self._dirty.values()}
 
@@ -90,7 +135,7 @@ class Transaction:
     abort = discard
 
     def replace(
-        self, handle: ScaleHandle, pos: Vec3, expected: np.ndarray, new: np.ndarray | None
+        self, handle: OpenedScale, pos: Vec3, expected: np.ndarray, new: np.ndarray | None
     ) -> bool:
         """Swap the dirty chunk at ``pos`` for ``new`` (``None``: forget it, nothing to
         store) only if it is still the array ``expected`` (identity): a concurrent write
@@ -107,6 +152,54 @@ class Transaction:
             else:
                 self.put(handle, pos, new)
             return True
+
+    def rebase(
+        self,
+        scale: OpenedScale,
+        bases: Mapping[Vec3, np.ndarray | None],
+        positions: Sequence[Vec3] | None = None,
+        *,
+        batch: int = 256,
+    ) -> list[Rebased]:
+        """Bring this transaction's dirty chunks of ``scale`` (or those of ``positions``)
+        up to date with what is stored now, before a commit overwrites it.
+
+        ``bases[pos]`` is the stored chunk (``None``: absent) the edits of ``pos`` were
+        made on. A chunk equal to its base is dropped (edits undone); a chunk whose stored
+        version is still its base is kept; otherwise another writer changed it and it is
+        merged voxel by voxel (:func:`merge_chunk`). Stored chunks are read afresh (cached
+        shard indices of the chunks' groups are dropped first). A chunk rewritten while
+        this runs is left alone (the newer write wins)."""
+        with self._lock:
+            entry = self._dirty.get(id(scale))
+            todo = [] if entry is None else list(entry[1])
+        if positions is not None:
+            wanted = set(positions)
+            todo = [p for p in todo if p in wanted]
+        if not todo:
+            return []
+        scale.store.invalidate(list(set(scale.store.groups_of(todo))))
+        out: list[Rebased] = []
+        for i in range(0, len(todo), batch):
+            part = todo[i : i + batch]
+            for pos, blob in zip(part, scale.store.read_chunks(part), strict=True):
+                ours = self.get(scale, pos)
+                if ours is None:
+                    continue
+                base = bases.get(pos)
+                if _same(ours, base):
+                    if self.replace(scale, pos, ours, None):
+                        out.append(Rebased(pos, "unchanged"))
+                    continue
+                stored = None if blob is None else scale.decode(pos, blob)
+                if _same(stored, base):
+                    out.append(Rebased(pos, "kept"))
+                    continue
+                merged, both = merge_chunk(ours, base, stored)
+                if self.replace(scale, pos, ours, merged):
+                    outcome = "superseded" if merged is None else "merged"
+                    out.append(Rebased(pos, outcome, both, stored))
+        return out
 
     # -- commit ---------------------------------------------------------------------------
     def commit(
@@ -127,7 +220,7 @@ class Transaction:
 
             def done(
                 positions: list[Vec3],
-                handle: ScaleHandle = handle,
+                handle: OpenedScale = handle,
                 chunks: dict[Vec3, tuple[int, np.ndarray]] = chunks,
             ) -> None:
                 # Forget only entries not rewritten while we were committing.
@@ -148,70 +241,20 @@ class Transaction:
         self.last_stats = total
         return total
 
+    def bind(self, scale: OpenedScale) -> None:
+        """Route ``scale``'s writes (and reads) through this transaction until the
+        with-block ends (``Volume.transaction()``); one transaction per scale at a time."""
+        scale.attach_transaction(self)
+        self._bound.append(scale)
+
     def __enter__(self) -> Transaction:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        for vol in self._bound:
-            vol._detach_transaction(self)
+        for scale in self._bound:
+            scale.detach_transaction(self)
         self._bound.clear()
         if exc_type is None:
             self.commit()
         else:
             self.discard()
-
-
-def commit_chunks(
-    handle: ScaleHandle,
-    chunks: dict[Vec3, np.ndarray],
-    *,
-    progress: Progress | None = None,
-    on_group_done: Callable[[list[Vec3]], None] | None = None,
-) -> CommitStats:
-    """Encode and store decoded chunks of one scale, one write per group (shard/chunk).
-
-    Groups are committed a few at a time so peak memory stays near a few shards.
-    """
-    store = handle.store
-    groups: dict[Hashable, list[Vec3]] = {}
-    positions = list(chunks)
-    for pos, g in zip(positions, _groups_of(store, positions), strict=True):
-        groups.setdefault(g, []).append(pos)
-    total = CommitStats()
-    lock = threading.Lock()
-    finished = 0
-
-    def run(item: tuple[Hashable, list[Vec3]]) -> None:
-        nonlocal finished
-        group, members = item
-        if len(members) > 1:
-            # Encode on the context's threads (codecs release the GIL), in member order.
-            encoded = handle.context.executor.map(lambda p: handle.encode(p, chunks[p]), members)
-            updates = dict(zip(members, encoded, strict=True))
-        else:
-            updates = {p: handle.encode(p, chunks[p]) for p in members}
-        stats = store.commit_group(group, updates)
-        handle.invalidate_chunks(members)
-        if on_group_done is not None:
-            on_group_done(members)
-        with lock:
-            total.add(stats)
-            finished += 1
-            if progress is not None:
-                progress(finished, len(groups))
-
-    items = list(groups.items())
-    if len(items) <= 1:
-        for it in items:
-            run(it)
-    else:
-        with ThreadPoolExecutor(min(GROUP_CONCURRENCY, len(items))) as pool:
-            for f in [pool.submit(run, it) for it in items]:
-                f.result()
-    return total
-
-
-def _groups_of(store: Any, positions: list[Vec3]) -> list[Hashable]:
-    if hasattr(store, "groups_of"):
-        return store.groups_of(positions)
-    return [store.group_of(p) for p in positions]

@@ -349,7 +349,7 @@ def test_failed_add_scale_leaves_the_volume_unchanged(widget, qtbot, image_volum
     def broken(*a: Any) -> Any:
         raise OSError("disk full")
 
-    monkeypatch.setattr(C, "downsample_array", broken)
+    monkeypatch.setattr(C.blocks, "downsample_array", broken)
     widget.set_values(destination=str(path))
     assert widget.load_existing() and widget.create()
     wait(qtbot, widget)
@@ -363,8 +363,8 @@ def test_when_cleanup_fails_the_widget_offers_to_delete_the_incomplete_scale(
 ):
     path, _ = image_volume
     before, before_files = (path / "info").read_bytes(), files(path)
-    monkeypatch.setattr(C, "downsample_array", lambda *a: (_ for _ in ()).throw(OSError("io")))
-    monkeypatch.setattr(C, "_remove_scales", lambda *a: (_ for _ in ()).throw(OSError("gone")))
+    monkeypatch.setattr(C.blocks, "downsample_array", lambda *a: (_ for _ in ()).throw(OSError("io")))
+    monkeypatch.setattr(C.recovery, "remove_scales", lambda *a: (_ for _ in ()).throw(OSError("gone")))
     widget.set_values(destination=str(path))
     assert widget.load_existing() and widget.create()
     wait(qtbot, widget)

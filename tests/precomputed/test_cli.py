@@ -194,3 +194,38 @@ def test_demo_without_viewer_writes_a_sample_tensorstore_reads(
     code, _, _ = run(capsys, "demo", "--no-viewer", "--dir", str(root))
     assert code == 0
     assert (root / "image" / "info").stat().st_mtime_ns == before
+
+
+def test_the_command_line_imports_no_napari_until_a_viewer_opens() -> None:
+    # The plugin's commands are loaded (entry point) to build the parser; napari is not.
+    code = (
+        "import sys, contextlib, io, precomputed.cli as c\n"
+        "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+        "    c.main(['--version'])\n"
+        "print('napari_precomputed.cli' in sys.modules, 'napari' in sys.modules)"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["True", "False"]
+
+
+@pytest.mark.parametrize("command", ["view", "demo"])
+def test_plugin_commands_without_the_plugin_say_what_to_install(
+    command: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import precomputed.cli as cli
+
+    monkeypatch.setattr(cli, "entry_points", lambda group: [])
+    code, out, err = run(capsys, command, "some/url")
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and "needs the napari plugin" in err
+    assert "pip install 'napari-precomputed[napari]'" in err
+
+
+def test_plugin_commands_arrive_through_the_entry_point_group() -> None:
+    from importlib.metadata import entry_points
+
+    import precomputed.cli as cli
+
+    (ep,) = [e for e in entry_points(group=cli.ENTRY_POINT_GROUP) if e.name == "napari"]
+    assert ep.value == "napari_precomputed.cli:register"

@@ -173,18 +173,18 @@ def test_over_http_all_chunk_requests_are_in_flight_together(
 def test_whole_raw_chunks_are_read_straight_into_the_results(
     tmp_path: Path, dtype: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from precomputed.volume import ScaleHandle
+    from precomputed import readpath
 
     kv = {"driver": "file", "path": str(tmp_path / "v")}
     data = filled(kv, "raw", dtype, channels=2)
     direct: list[bool] = []
-    original = ScaleHandle._read_raw_into
+    original = readpath._read_raw_into
 
     def spy(self: Any, pos: Any, dst: Any) -> bool:
         direct.append(original(self, pos, dst))
         return direct[-1]
 
-    monkeypatch.setattr(ScaleHandle, "_read_raw_into", spy)
+    monkeypatch.setattr(readpath, "_read_raw_into", spy)
     vol = precomputed.open(spec(kv, "raw", dtype, 2), context=Context(cache_bytes=0))
     # Whole chunks (the edge one clipped to 8 x 16 x 4), (0, 0, 0) missing, and one cut.
     boxes = [(16, 32, 0, 16, 0, 8), (0, 16, 16, 32, 8, 16), (32, 40, 16, 32, 16, 20),

@@ -14,12 +14,13 @@ from typing import Any
 
 import pytest
 
+from precomputed.constraints import create_scale, select_scale
 from precomputed.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
 )
-from precomputed.metadata import MultiscaleMetadata, create_scale, select_scale
+from precomputed.metadata import MultiscaleMetadata
 from precomputed.schema import (
     CodecSpec,
     GridConstraints,
@@ -29,7 +30,7 @@ from precomputed.schema import (
     scale_codec,
     scale_domain,
 )
-from precomputed.spec import OpenRequest, bound_spec, parse_spec, parse_url
+from precomputed.spec import OpenRequest, bound_spec, parse_spec
 
 ts = pytest.importorskip("tensorstore")
 
@@ -394,12 +395,6 @@ def test_relative_local_path_is_made_absolute(
     r = parse_spec("vol")
     assert r.kvstore_spec() == {"driver": "file", "path": str(tmp_path / "vol") + "/"}
     assert r.info_key == str(tmp_path / "vol" / "info")[1:]
-
-
-def test_unsupported_urls() -> None:
-    for url in ("ftp://x/y", "gs:///nobucket", "file://relative", "memory://a|zarr:"):
-        with pytest.raises(InvalidArgumentError):
-            parse_url(url)
 
 
 @pytest.mark.parametrize(

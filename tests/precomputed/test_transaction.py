@@ -317,3 +317,44 @@ def test_discard_drops_the_edits(vol: Any, memory_store: MemoryKvStore) -> None:
     txn.discard()
     assert txn.empty and txn.commit().groups_written == 0
     assert (reopen(memory_store).read() == 1).all()
+
+
+# -- rebase: merging the edits with another writer's ------------------------------------------
+
+
+def test_rebase_merges_another_writers_changes_voxel_by_voxel(memory_store: MemoryKvStore) -> None:
+    from precomputed.readpath import fetch
+
+    vol = create(memory_store)
+    vol[...] = 1
+    txn = precomputed.Transaction()
+    mine = vol.with_transaction(txn)
+    mine[0:4, 0:4, 0:4, :] = 5  # chunk (0, 0, 0): all of it
+    mine[4:6, 0:4, 0:4, :] = 6  # chunk (1, 0, 0): half of it
+    mine[8:12, 0:4, 0:4, :] = 7  # chunk (2, 0, 0): undone below
+    mine[8:12, 0:4, 0:4, :] = 1
+    mine[12:16, 0:4, 0:4, :] = 8  # chunk (3, 0, 0): nobody else touches it
+    bases: dict[Any, Any] = {}
+    fetch(vol.handle, list(txn.dirty_positions()[vol.handle]), None, bases.__setitem__)
+    other = reopen(memory_store)
+    other[0:2, 0:4, 0:4, :] = 9  # overlaps ours in chunk (0, 0, 0): ours win there
+    other[6:8, 0:4, 0:4, :] = 3  # the other half of chunk (1, 0, 0): merged
+    got = {r.position: r for r in txn.rebase(vol.handle, bases)}
+    assert {p: r.outcome for p, r in got.items()} == {
+        (0, 0, 0): "merged", (1, 0, 0): "merged", (2, 0, 0): "unchanged", (3, 0, 0): "kept"
+    }
+    assert got[(0, 0, 0)].conflicts == 2 * 4 * 4 and got[(1, 0, 0)].conflicts == 0
+    assert (got[(1, 0, 0)].stored[:, :, :, 2:4] == 3).all()  # the new base: as stored now
+    assert sorted(txn.dirty_positions()[vol.handle]) == [(0, 0, 0), (1, 0, 0), (3, 0, 0)]
+    txn.commit()
+    row = reopen(memory_store)[:, 2, 2, 0].read()
+    assert row.tolist() == [5] * 4 + [6, 6, 3, 3] + [1] * 4 + [8] * 4
+
+
+def test_merge_chunk_reads_absent_as_zeros() -> None:
+    from precomputed.transaction import merge_chunk
+
+    ours = np.array([1, 0, 2, 0])
+    merged, both = merge_chunk(ours, None, np.array([0, 4, 5, 0]))
+    assert merged.tolist() == [1, 4, 2, 0] and both == 1  # voxel 2: we wrote 2, they 5
+    assert merge_chunk(np.array([0, 4]), np.array([0, 0]), np.array([0, 4])) == (None, 0)

@@ -11,10 +11,10 @@ import pytest
 import tensorstore as ts
 
 import precomputed
-from precomputed import Context, Transaction, Volume, ZyxArray
+from precomputed import Context, Transaction, Volume, ZyxArray, readpath
 from precomputed.errors import InvalidArgumentError, OutOfRangeError
 from precomputed.kvstore import MemoryKvStore
-from precomputed.volume import ScaleHandle
+from precomputed.scale import OpenedScale
 
 SIZE = (37, 29, 11)
 OFFSET = (-5, 3, -2)
@@ -118,16 +118,16 @@ def test_asarray_reads_the_view(filled: Any) -> None:
 
 
 def _spy_reads(monkeypatch: pytest.MonkeyPatch) -> list[np.ndarray]:
-    """Record every array ``ScaleHandle.read_box`` returns."""
+    """Record every array ``readpath.read_box`` returns."""
     got: list[np.ndarray] = []
-    original = ScaleHandle.read_box
+    original = readpath.read_box
 
-    def spy(self: ScaleHandle, *args: Any, **kwargs: Any) -> np.ndarray:
+    def spy(self: OpenedScale, *args: Any, **kwargs: Any) -> np.ndarray:
         out = original(self, *args, **kwargs)
         got.append(out)
         return out
 
-    monkeypatch.setattr(ScaleHandle, "read_box", spy)
+    monkeypatch.setattr(readpath, "read_box", spy)
     return got
 
 
@@ -561,7 +561,7 @@ def test_implicit_writes_commit_a_few_chunks_at_a_time_reporting_on_the_caller_t
     memory_store: MemoryKvStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from precomputed import transaction
-    from precomputed.storage import UnshardedChunkStore
+    from precomputed.chunkstore import UnshardedChunkStore
 
     vol = precomputed.open(spec(memory_store), create=True, context=Context())
     active = most = 0
@@ -593,7 +593,7 @@ def test_implicit_writes_commit_a_few_chunks_at_a_time_reporting_on_the_caller_t
 def test_a_failing_chunk_commit_raises_and_later_chunks_are_not_started(
     memory_store: MemoryKvStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from precomputed.storage import UnshardedChunkStore
+    from precomputed.chunkstore import UnshardedChunkStore
 
     vol = precomputed.open(spec(memory_store), create=True, context=Context())
     started: list[Any] = []

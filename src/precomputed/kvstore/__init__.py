@@ -1,13 +1,17 @@
 """Key-value storage under a volume: local files, memory, GCS, S3 and HTTP(S).
 
-``open_kvstore`` turns a TensorStore kvstore spec or URL into a :class:`KvStore`.
+``open_kvstore`` turns a TensorStore kvstore spec or URL (parsed by :mod:`.url`) into a
+:class:`KvStore`; :mod:`.base` is the interface and its capability flags.
 """
 
 from .base import NO_VALUE, Generation, KvStore, RangeRequest
-from .fsspec_store import FsspecKvStore, GcsKvStore, HttpKvStore, S3KvStore
-from .local import FileKvStore
+from .file import FileKvStore
+from .fsspec import FsspecKvStore
+from .gcs import GcsKvStore
+from .http import HttpKvStore
 from .memory import MemoryKvStore
 from .open import open_kvstore
+from .s3 import S3KvStore
 
 __all__ = [
     "KvStore",

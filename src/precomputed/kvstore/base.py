@@ -1,8 +1,12 @@
 """The small key-value store interface every backend implements.
 
-Keys are ``/``-separated strings relative to the store's root, never starting with ``/``.
-Missing keys read as ``None`` (never an exception), so chunk code can treat absence as
-"fill with zeros" without try/except on every read.
+Keys are ``/``-separated strings relative to the store's root, never starting with ``/``
+(checked by :func:`.keys.check_key`). Missing keys read as ``None`` (never an exception),
+so chunk code can treat absence as "fill with zeros" without try/except on every read.
+
+This is the one place of the store layer's contract: generations (:data:`Generation`,
+:data:`NO_VALUE`), conditional writes (:meth:`KvStore.write_if`) and the capability flags
+callers test instead of looking at URLs or probing with ``hasattr``.
 """
 
 from __future__ import annotations
@@ -76,10 +80,19 @@ class KvStore(ABC):
     ``(op, key, start, stop)``; tests use both to prove which I/O happened.
     """
 
+    # -- capability flags (class attributes; callers test these, never URLs) --------
     #: True for stores that cannot be written (HTTP).
     read_only: bool = False
-    #: True when :meth:`write_if` is a real compare-and-swap on the backend.
-    supports_conditional_writes: bool = False
+    #: True when :meth:`write_if` is a real compare-and-swap on the backend (else it is
+    #: check-then-write, atomic only against threads of this process).
+    conditional_writes: bool = False
+    #: True when reading a missing key costs next to nothing (local files, memory), so a
+    #: reader may probe for alternatives such as CloudVolume's ``<key>.gz``; over a
+    #: network every miss is a round trip.
+    cheap_misses: bool = False
+    #: True when :meth:`read_into` can fill a caller's buffer in place (exact-size reads
+    #: of local files); elsewhere it always answers False.
+    reads_into: bool = False
     #: How many requests may be in flight at once for the batch calls.
     concurrency: int = 32
     #: :meth:`read_ranges` merges ranges of one key whose gap is at most this many bytes

@@ -16,7 +16,7 @@ from typing import Any
 from fsspec.implementations.memory import MemoryFile, MemoryFileSystem
 
 from .base import NO_VALUE, Generation, KvStore
-from .fsspec_store import check_key
+from .keys import check_key
 
 __all__ = ["MemoryKvStore"]
 
@@ -39,7 +39,8 @@ def _generation(f: MemoryFile) -> Generation:
 class MemoryKvStore(KvStore):
     """Store under ``memory://<path>/``; keys live in fsspec's global memory store."""
 
-    supports_conditional_writes = True
+    conditional_writes = True
+    cheap_misses = True
 
     def __init__(self, path: str = "", *, concurrency: int | None = None) -> None:
         super().__init__()

@@ -6,16 +6,19 @@ import functools
 import os
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import fsspec
 import fsspec.config
 
 from ..errors import InvalidArgumentError
 from .base import KvStore
-from .fsspec_store import GcsKvStore, HttpKvStore, S3KvStore
-from .local import FileKvStore
+from .file import FileKvStore
+from .gcs import GcsKvStore
+from .http import HttpKvStore
 from .memory import MemoryKvStore
+from .s3 import S3KvStore
+from .url import kvstore_spec_from_url
 
 __all__ = ["open_kvstore"]
 
@@ -44,8 +47,9 @@ _DRIVER_ALIASES = {"gs": "gcs", "https": "http", "local": "file"}
 def open_kvstore(spec_or_url: Any, **storage_options: Any) -> KvStore:
     """Open the store a TensorStore kvstore spec (dict) or URL names.
 
-    URLs: ``file:///abs``, a plain (relative or absolute) path, ``memory://x/``,
-    ``gs://bucket/p``, ``s3://bucket/p``, ``http(s)://host/p``. ``storage_options`` go to
+    URLs are parsed by :func:`.url.parse_url` (``file:///abs``, a plain path,
+    ``memory://x/``, ``gs://bucket/p``, ``s3://bucket/p``, ``http(s)://host/p``, each
+    optionally with ``precomputed://`` in front). ``storage_options`` go to
     the fsspec filesystem (``token``, ``endpoint_url``, ``key``/``secret``, ...), on top of
     ``fsspec.config.conf``; ``concurrency`` sets the store's batch concurrency, and
     ``fsync`` the file store's durability. A :class:`KvStore` is returned unchanged.
@@ -55,34 +59,12 @@ def open_kvstore(spec_or_url: Any, **storage_options: Any) -> KvStore:
     if isinstance(spec_or_url, os.PathLike):
         spec_or_url = os.fspath(spec_or_url)
     if isinstance(spec_or_url, str):
-        spec = _url_to_spec(spec_or_url)
+        spec = kvstore_spec_from_url(spec_or_url)
     elif isinstance(spec_or_url, Mapping):
         spec = dict(spec_or_url)
     else:
         raise InvalidArgumentError(f"expected a kvstore spec or URL, got {spec_or_url!r}")
     return _open_spec(spec, dict(storage_options))
-
-
-def _url_to_spec(url: str) -> dict[str, Any]:
-    if "://" not in url:
-        return {"driver": "file", "path": url}
-    scheme, rest = url.split("://", 1)
-    scheme = scheme.lower()
-    if scheme == "file":
-        if not rest.startswith("/"):  # file://localhost/abs is not worth supporting
-            raise InvalidArgumentError(f"file URL must be absolute (file:///...), got {url!r}")
-        return {"driver": "file", "path": unquote(rest)}
-    if scheme == "memory":
-        return {"driver": "memory", "path": rest}
-    if scheme in ("gs", "gcs", "s3"):
-        bucket, _, path = rest.partition("/")
-        return {"driver": "gcs" if scheme != "s3" else "s3", "bucket": bucket, "path": path}
-    if scheme in ("http", "https"):
-        return {"driver": "http", "base_url": url}
-    raise InvalidArgumentError(
-        f"unsupported kvstore URL scheme {scheme!r} in {url!r} "
-        "(expected file, memory, gs, s3, http or https)"
-    )
 
 
 def _open_spec(spec: dict[str, Any], options: dict[str, Any]) -> KvStore:

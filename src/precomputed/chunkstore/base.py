@@ -1,0 +1,119 @@
+"""Chunk stores: chunk grid positions of one scale to stored bytes and back.
+
+Two implementations behind one interface: :class:`~.unsharded.UnshardedChunkStore` (one
+key per chunk) and :class:`~.sharded.ShardedChunkStore` (chunks packed into shard files).
+Both deal in *encoded* chunk bytes (the volume encoding: raw, jpeg, ...); decoding lives
+in :mod:`precomputed.codecs`.
+
+Writes are organised in *groups*: the unit that is rewritten at once (a chunk key for
+unsharded scales, a shard file for sharded ones). ``commit_group`` rewrites one group
+exactly once (conditionally on the generation it read, where a group holds several
+chunks); :mod:`precomputed.writepath` decides which groups to commit and how many at a
+time. Callers test the capability attributes below, never the store's class.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from ..internal.geometry import ChunkGrid, Vec3
+from ..kvstore import KvStore
+
+__all__ = ["ChunkStore", "CommitStats", "join_key"]
+
+
+def join_key(prefix: str, name: str) -> str:
+    """Join a scale prefix and a name, adding ``/`` only where needed."""
+    if not prefix:
+        return name
+    return prefix + name if prefix.endswith("/") else f"{prefix}/{name}"
+
+
+@dataclass
+class CommitStats:
+    """What a commit did, for progress reports and tests."""
+
+    groups_written: int = 0
+    groups_deleted: int = 0
+    chunks_written: int = 0
+    chunks_deleted: int = 0
+    retries: int = 0
+    keys: list[str] = field(default_factory=list)
+
+    def add(self, other: CommitStats) -> None:
+        self.groups_written += other.groups_written
+        self.groups_deleted += other.groups_deleted
+        self.chunks_written += other.chunks_written
+        self.chunks_deleted += other.chunks_deleted
+        self.retries += other.retries
+        self.keys.extend(other.keys)
+
+
+class ChunkStore(ABC):
+    """Maps chunk grid positions of one scale to encoded bytes in a kvstore."""
+
+    #: True when each write group is a box of several chunks (rectangular shards): a read
+    #: covering a whole group fetches it in one request, so readers batch by group. False
+    #: for unsharded stores (a group is one chunk) and for hashed shards.
+    rectangular_groups: bool = False
+    #: True when every chunk is one whole object under :meth:`key`: byte ranges of the
+    #: key are byte ranges of the chunk, and exact-size reads fill a chunk in place.
+    ranged_chunk_reads: bool = False
+
+    def __init__(self, kvstore: KvStore, prefix: str, grid: ChunkGrid) -> None:
+        self.kvstore = kvstore
+        self.prefix = prefix
+        self.grid = grid
+
+    @abstractmethod
+    def key(self, pos: Vec3) -> str:
+        """Storage key of the object that holds chunk ``pos`` (a chunk or shard file)."""
+
+    @abstractmethod
+    def describe(self, pos: Vec3) -> str:
+        """Human-readable location of a chunk, for error messages."""
+
+    @abstractmethod
+    def read_chunks(
+        self, positions: Sequence[Vec3], *, deferred: bool = False
+    ) -> list[bytes | None]:
+        """Encoded bytes of each chunk (``None`` if missing), fetched concurrently.
+
+        With ``deferred`` a store may return bytes that still need :meth:`finish` (e.g.
+        gzip shard data), so callers can spread that work over their decode threads.
+        """
+
+    def finish(self, pos: Vec3, blob: bytes) -> bytes:
+        """Complete a ``read_chunks(..., deferred=True)`` result (identity by default)."""
+        return blob
+
+    @abstractmethod
+    def group_of(self, pos: Vec3) -> Hashable:
+        """The write group (chunk or shard) that holds ``pos``."""
+
+    def groups_of(self, positions: Sequence[Vec3]) -> list[Hashable]:
+        """:meth:`group_of` of each position (stores may do it vectorised)."""
+        return [self.group_of(p) for p in positions]
+
+    @abstractmethod
+    def group_size(self, group: Hashable) -> int:
+        """Number of chunks that exist in ``group`` (for whole-group writes)."""
+
+    @abstractmethod
+    def commit_group(self, group: Hashable, updates: Mapping[Vec3, bytes | None]) -> CommitStats:
+        """Apply ``updates`` (``None`` deletes) to one group, rewriting it exactly once."""
+
+    @abstractmethod
+    def group_key(self, group: Hashable) -> str:
+        """Storage key of a group."""
+
+    def invalidate(self, groups: Sequence[Hashable] | None = None) -> None:
+        """Forget cached index data (after another writer may have changed storage)."""
+        return None
+
+    def gz_twins(self, positions: Sequence[Vec3]) -> list[Vec3]:
+        """Those of ``positions`` (missing under their key) stored under CloudVolume's
+        ``<key>.gz`` instead, where the store looks for such twins; none by default."""
+        return []

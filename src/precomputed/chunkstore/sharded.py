@@ -1,0 +1,562 @@
+"""Sharded scales: chunks packed into ``neuroglancer_uint64_sharded_v1`` shard files.
+
+:class:`ShardedIdStore` is the format's store of uint64 ids to bytes (what meshes and
+segment properties use directly): batched, concurrent index lookups with cached shard
+index entries and minishard indices, and shard rewrites that are each written once,
+conditionally on the generation read. :class:`ShardedChunkStore` puts a scale's chunk
+grid on it: a grid position is a compressed Morton id.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from typing import NamedTuple
+
+import numpy as np
+from cachetools import LRUCache
+
+from .. import sharding as sh
+from ..errors import ConditionFailedError, CorruptDataError
+from ..internal.geometry import ChunkGrid, Vec3
+from ..kvstore import NO_VALUE, KvStore
+from .base import ChunkStore, CommitStats, join_key
+
+__all__ = ["Placement", "ShardedIdStore", "ShardedChunkStore", "shard_number"]
+
+
+class Placement(NamedTuple):
+    """Chunk ids with their shard and minishard numbers (uint64 arrays of equal length)."""
+
+    ids: np.ndarray
+    shards: np.ndarray
+    minishards: np.ndarray
+
+
+def _ids_text(ids: Iterable[int], limit: int = 8) -> str:
+    """``chunks [1, 2, 3]`` (at most ``limit`` ids shown), for error messages."""
+    ids = sorted(ids)
+    more = f", ... ({len(ids)} in all)" if len(ids) > limit else ""
+    return f"chunk{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids[:limit]))}{more}"
+
+
+def shard_number(group: Hashable) -> int:
+    """A sharded store's group: the shard number that ``group_of`` returned."""
+    if isinstance(group, (int, np.integer)):
+        return int(group)
+    raise TypeError(f"not a shard number: {group!r}")
+
+
+def _size_seen(start: int, blob: bytes | None) -> str:
+    """What a short ranged read tells about an object's size, for error messages."""
+    if blob is None:
+        return "0 (the shard file is missing)"
+    return str(start + len(blob)) if blob else f"<= {start}"
+
+
+class ShardedIdStore:
+    """uint64 ids to bytes in the shard files under ``prefix`` (one sharding spec).
+
+    Reads cost at most three ranged requests per id when cold (shard index entry,
+    minishard index, data) and one when warm: index entries and minishard indices are
+    cached (bounded). The first read of a shard fetches its whole index when that is at most
+    ``INDEX_SPAN_BYTES`` (otherwise the span of the entries needed); shards a caller knows
+    are wholly wanted (``whole``) are read in one request each.
+    """
+
+    #: Number of cached minishard indices / shard index entries.
+    INDEX_CACHE_ENTRIES = 16384
+    #: Largest shard index read whole on first use (else: largest span of entries read in
+    #: one request).
+    INDEX_SPAN_BYTES = 64 * 1024
+    #: Attempts to rewrite a shard that other writers keep changing before giving up.
+    MAX_COMMIT_RETRIES = 64
+
+    def __init__(self, kvstore: KvStore, prefix: str, spec: sh.ShardingSpec) -> None:
+        self.kvstore = kvstore
+        self.prefix = prefix
+        self.spec = spec
+        self.index_size = spec.shard_index_size
+        self._lock = threading.Lock()
+        # (shard, minishard) -> set when the thread loading its minishard index is done
+        self._loading: dict[tuple[int, int], threading.Event] = {}
+        # (shard, minishard) -> absolute (start, stop) or None (empty minishard / no shard)
+        self._entries: LRUCache[tuple[int, int], tuple[int, int] | None] = LRUCache(
+            self.INDEX_CACHE_ENTRIES
+        )
+        # (shard, minishard) -> {chunk id: (start, stop)}
+        self._minishards: LRUCache[tuple[int, int], dict[int, tuple[int, int]]] = LRUCache(
+            self.INDEX_CACHE_ENTRIES
+        )
+
+    # -- placement ----------------------------------------------------------------------
+    def place(self, ids: Sequence[int] | np.ndarray) -> Placement:
+        """Shard and minishard numbers of ``ids``."""
+        if len(ids) <= 8:  # a few ids: integer arithmetic beats numpy's set-up
+            got = [(int(i), *sh.placement_of_id(int(i), self.spec)) for i in ids]
+            cols = list(zip(*got, strict=True)) or [(), (), ()]
+            return Placement(*(np.array(c, np.uint64) for c in cols))
+        arr = np.asarray(ids, dtype=np.uint64).reshape(-1)
+        shards, minishards = sh.shard_and_minishard(arr, self.spec)  # hashes internally
+        return Placement(arr, shards, minishards)
+
+    def shard_key(self, shard: int) -> str:
+        return join_key(self.prefix, sh.shard_filename(int(shard), self.spec))
+
+    def describe(self, chunk_id: int) -> str:
+        """Where ``chunk_id`` lives, for error messages."""
+        p = self.place([chunk_id])
+        return f"{self.shard_key(int(p.shards[0]))}, minishard {int(p.minishards[0])}, chunk id {int(chunk_id)}"
+
+    def invalidate(self, shards: Iterable[int] | None = None) -> None:
+        """Forget cached index data of ``shards`` (all when None)."""
+        with self._lock:
+            if shards is None:
+                self._entries.clear()
+                self._minishards.clear()
+                return
+            drop = {int(s) for s in shards}
+            for cache in (self._entries, self._minishards):
+                for k in [k for k in cache if k[0] in drop]:
+                    del cache[k]
+
+    # -- reading --------------------------------------------------------------------------
+    def read_many(
+        self, ids: Sequence[int] | np.ndarray, *, deferred: bool = False
+    ) -> list[bytes | None]:
+        """Bytes stored for each id (``None`` if absent), index lookups batched: every
+        needed index entry and minishard index is fetched once, concurrently."""
+        if not len(ids):
+            return []
+        return self.read_placed(self.place(ids), deferred=deferred)
+
+    def read_placed(
+        self, p: Placement, *, whole: Iterable[int] = (), deferred: bool = False
+    ) -> list[bytes | None]:
+        """:meth:`read_many` for placed ids; shards in ``whole`` (every chunk of them is
+        wanted) are read in one request each. With ``deferred`` the shard data encoding is
+        left on the bytes for :meth:`finish` (so callers spread it over their threads)."""
+        ids, shards, minis = p
+        out: list[bytes | None] = [None] * len(ids)
+        whole = set(whole)
+        rest = [i for i in range(len(ids)) if int(shards[i]) not in whole]
+        if whole:
+            self._read_whole_shards(whole, ids, shards, out, deferred)
+        if rest:
+            self._read_via_indices(rest, ids, shards, minis, out, deferred)
+        return out
+
+    def finish(self, blob: bytes, chunk_id: Callable[[], int]) -> bytes:
+        """Remove the shard data encoding from a deferred read; ``chunk_id()`` names the
+        chunk if the bytes are corrupt."""
+        if self.spec.data_encoding == "raw":
+            return bytes(blob)
+        try:
+            return sh.decode_chunk_data(blob, self.spec, "")
+        except CorruptDataError:
+            p = self.place([chunk_id()])
+            what = (
+                f'chunk {int(p.ids[0])} in minishard {int(p.minishards[0])} of '
+                f'"{self.shard_key(int(p.shards[0]))}"'
+            )
+            sh.decode_chunk_data(blob, self.spec, what)  # raises again, naming the chunk
+            raise  # pragma: no cover
+
+    def _read_whole_shards(
+        self,
+        whole: set[int],
+        ids: np.ndarray,
+        shards: np.ndarray,
+        out: list[bytes | None],
+        deferred: bool = False,
+    ) -> None:
+        order = sorted(whole)
+        blobs = self.kvstore.read_many([self.shard_key(s) for s in order])
+        contents = {}
+        for s, blob in zip(order, blobs, strict=True):
+            key = self.shard_key(s)
+            try:
+                contents[s] = (
+                    {}
+                    if blob is None
+                    else sh.split_shard(
+                        blob, self.spec, key, allow_duplicates=True, decode=not deferred
+                    )
+                )
+            except CorruptDataError as e:
+                wanted = [int(i) for i, t in zip(ids, shards, strict=True) if int(t) == s]
+                raise CorruptDataError(
+                    f'Error reading {_ids_text(wanted)} of shard "{key}" (the whole shard): {e}'
+                ) from None
+        for i, s in enumerate(shards):
+            s = int(s)
+            if s in whole:
+                out[i] = contents[s].get(int(ids[i]))  # type: ignore[assignment]
+
+    def _read_via_indices(
+        self,
+        idx: list[int],
+        ids: np.ndarray,
+        shards: np.ndarray,
+        minis: np.ndarray,
+        out: list[bytes | None],
+        deferred: bool = False,
+    ) -> None:
+        # (shard, minishard) -> a requested chunk id in it, to name in error messages.
+        wanted: dict[tuple[int, int], int] = {}
+        for i in idx:
+            wanted.setdefault((int(shards[i]), int(minis[i])), int(ids[i]))
+        tables = self._minishard_tables(wanted)
+        requests: list[tuple[str, int, int]] = []
+        targets: list[int] = []
+        for i in idx:
+            key = (int(shards[i]), int(minis[i]))
+            rng = tables[key].get(int(ids[i]))
+            if rng is not None:
+                requests.append((self.shard_key(key[0]), rng[0], rng[1]))
+                targets.append(i)
+        if not requests:
+            return
+        blobs = self.kvstore.read_ranges(requests)
+        for i, (shard_key, a, b), blob in zip(targets, requests, blobs, strict=True):
+            what = f'chunk {int(ids[i])} in minishard {int(minis[i])} of "{shard_key}"'
+            if blob is None or len(blob) != b - a:
+                raise CorruptDataError(
+                    f"Error reading {what}: Requested byte range [{a}, {b}) is not valid for "
+                    f"value of size {_size_seen(a, blob)}"
+                )
+            out[i] = blob if deferred else sh.decode_chunk_data(blob, self.spec, what)
+
+    def _minishard_tables(
+        self, wanted: Mapping[tuple[int, int], int]
+    ) -> dict[tuple[int, int], dict[int, tuple[int, int]]]:
+        """Minishard indices of ``wanted`` (shard, minishard) pairs, from the cache or the
+        store. A pair another thread is already loading is waited for, not fetched twice
+        (concurrent readers of one shard would otherwise repeat its index requests)."""
+        with self._lock:
+            entries = {k: self._entries[k] for k in wanted if k in self._entries}
+            tables = {k: self._minishards[k] for k in wanted if k in self._minishards}
+            todo = [k for k in wanted if k not in tables]
+            theirs = {k: self._loading[k] for k in todo if k in self._loading}
+            mine = [k for k in todo if k not in theirs]
+            for k in mine:
+                self._loading[k] = threading.Event()
+        try:
+            # Work from local copies: a concurrent reader may evict cache entries meanwhile.
+            need = {k: wanted[k] for k in mine}
+            entries.update(self._load_entries({k: c for k, c in need.items() if k not in entries}))
+            tables.update(self._load_minishards(need, entries))
+        finally:
+            with self._lock:
+                for k in mine:
+                    self._loading.pop(k).set()
+        if theirs:
+            for event in theirs.values():
+                event.wait()
+            with self._lock:
+                tables.update({k: self._minishards[k] for k in theirs if k in self._minishards})
+            rest = {k: wanted[k] for k in theirs if k not in tables}  # their load failed
+            if rest:
+                tables.update(self._minishard_tables(rest))
+        return tables
+
+    def _size(self, key: str) -> int | str:
+        """Size of a small (truncated) stored shard, for error messages."""
+        blob = self.kvstore.read(key)
+        return "<missing>" if blob is None else len(blob)
+
+    def _load_entries(
+        self, wanted: Mapping[tuple[int, int], int]
+    ) -> dict[tuple[int, int], tuple[int, int] | None]:
+        """Fetch shard index entries (absolute ranges, ``None`` = empty minishard).
+
+        One request per shard: the span of the shard index from the first to the last
+        entry needed (one entry when one minishard is needed), or one request per entry
+        when that span would be large. ``wanted`` maps each key to a chunk id to name.
+        """
+        found: dict[tuple[int, int], tuple[int, int] | None] = {}
+        if not wanted:
+            return found
+        by_shard: dict[int, list[int]] = {}
+        for s, m in sorted(wanted):
+            by_shard.setdefault(s, []).append(m)
+        requests: list[tuple[str, int, int]] = []
+        plan: list[tuple[int, int, list[int]]] = []  # (shard, first entry, entries wanted)
+        n = self.spec.num_minishards
+        whole_index = 16 * n <= self.INDEX_SPAN_BYTES
+        for s, ms in by_shard.items():
+            key = self.shard_key(s)
+            if whole_index:
+                # A small shard index is fetched whole, for the price of one entry: later
+                # reads of other minishards of this shard skip a round trip.
+                requests.append((key, 0, 16 * n))
+                plan.append((s, 0, ms))
+                continue
+            spans = (
+                [ms] if 16 * (ms[-1] + 1 - ms[0]) <= self.INDEX_SPAN_BYTES else [[m] for m in ms]
+            )
+            for group in spans:
+                requests.append((key, 16 * group[0], 16 * (group[-1] + 1)))
+                plan.append((s, group[0], group))
+        blobs = self.kvstore.read_ranges(requests)
+        for (s, lo, ms), (key, a, _), blob in zip(plan, requests, blobs, strict=True):
+            if blob is None:  # no shard file: every chunk in it is missing
+                found.update({(s, m): None for m in ms})
+                continue
+            if whole_index and len(blob) == 16 * n:
+                found.update(self._spare_entries(blob, s, key, set(ms)))
+            for m in ms:
+                entry = blob[16 * (m - lo) : 16 * (m - lo) + 16]
+                if len(entry) < 16:  # the file ends before this entry: empty or truncated
+                    size: int | str = a + len(blob) if blob else self._size(key)
+                    if size == 0 or size == "<missing>":
+                        found.update({(s, m): None for m in ms})  # no chunks
+                        break
+                    raise CorruptDataError(
+                        f'Error reading chunk {wanted[(s, m)]} in minishard {m} of "{key}": '
+                        f"Error retrieving shard index entry: Requested byte range "
+                        f"[{16 * m}, {16 * m + 16}) is not valid for value of size {size}"
+                    )
+                found[(s, m)] = self._entry(entry, s, m, key, wanted)
+        with self._lock:
+            self._entries.update(found)
+        return found
+
+    def _spare_entries(
+        self, index: bytes, s: int, key: str, wanted: set[int]
+    ) -> dict[tuple[int, int], tuple[int, int] | None]:
+        """Entries of a whole shard index that nobody asked for yet, to cache. A bad one is
+        left out: it raises only when a read needs it, naming the chunk read."""
+        spare: dict[tuple[int, int], tuple[int, int] | None] = {}
+        for m in range(self.spec.num_minishards):
+            if m not in wanted:
+                try:
+                    spare[(s, m)] = sh.decode_shard_index_entry(
+                        index[16 * m : 16 * m + 16], m, self.spec, key
+                    )
+                except CorruptDataError:
+                    pass
+        return spare
+
+    def _entry(
+        self, data16: bytes, s: int, m: int, key: str, wanted: Mapping[tuple[int, int], int]
+    ) -> tuple[int, int] | None:
+        try:
+            return sh.decode_shard_index_entry(data16, m, self.spec, key)
+        except CorruptDataError as e:
+            raise CorruptDataError(f"Error reading chunk {wanted[(s, m)]}: {e}") from None
+
+    def _load_minishards(
+        self,
+        wanted: Mapping[tuple[int, int], int],
+        entries: Mapping[tuple[int, int], tuple[int, int] | None],
+    ) -> dict[tuple[int, int], dict[int, tuple[int, int]]]:
+        """Fetch and decode minishard indices ``{chunk id: absolute (start, stop)}``."""
+        found: dict[tuple[int, int], dict[int, tuple[int, int]]] = {
+            k: {} for k in wanted if entries[k] is None
+        }
+        todo = [k for k in wanted if k not in found]
+        if todo:
+            requests = [(self.shard_key(s), *entries[(s, m)]) for s, m in todo]  # type: ignore[misc]
+            blobs = self.kvstore.read_ranges(requests)
+            for (s, m), (key, a, b), blob in zip(todo, requests, blobs, strict=True):
+                cid = wanted[(s, m)]
+                if blob is None or len(blob) != b - a:
+                    raise CorruptDataError(
+                        f'Error reading chunk {cid} in minishard {m} of "{key}": Error reading '
+                        f"minishard index: Requested byte range [{a}, {b}) is not valid for "
+                        f"value of size {_size_seen(a, blob)}"
+                    )
+                try:
+                    mids, starts, ends = sh.decode_minishard_index(blob, self.spec, key, m)
+                except CorruptDataError as e:
+                    raise CorruptDataError(f"Error reading chunk {cid}: {e}") from None
+                table: dict[int, tuple[int, int]] = {}
+                for i, x, y in zip(mids.tolist(), starts.tolist(), ends.tolist(), strict=True):
+                    table.setdefault(i, (x, y))  # a duplicated id: the first entry wins
+                found[(s, m)] = table
+        with self._lock:
+            self._minishards.update(found)
+        return found
+
+    # -- writing --------------------------------------------------------------------------
+    def commit(self, updates: Mapping[int, bytes | None]) -> CommitStats:
+        """Store ``{chunk id: volume-encoded bytes or None (delete)}``: grouped by shard,
+        each shard rewritten once (:meth:`commit_shard`), one shard after another."""
+        ids = list(updates)
+        shards = self.place(ids).shards.tolist() if ids else []
+        by_shard: dict[int, dict[int, bytes | None]] = {}
+        for cid, shard in zip(ids, shards, strict=True):
+            by_shard.setdefault(int(shard), {})[int(cid)] = updates[cid]
+        total = CommitStats()
+        for shard, members in sorted(by_shard.items()):
+            total.add(self.commit_shard(shard, members))
+        return total
+
+    def commit_shard(
+        self, shard: int, updates: Mapping[int, bytes | None], *, full: bool = False
+    ) -> CommitStats:
+        """Rewrite one shard with ``updates`` (chunk id -> volume-encoded bytes, or None to
+        delete) merged in, exactly once.
+
+        Reads the shard (unless ``full``: the updates supply every chunk of it), merges,
+        encodes in TensorStore's order and writes conditionally on the generation that was
+        read; if another writer changed the shard in between, re-reads and merges again.
+        This is the one conditional read-modify-write of the chunk layer.
+        """
+        key = self.shard_key(shard)
+        # Apply the shard data encoding once, outside the retry loop.
+        new = {
+            int(cid): None if data is None else sh.encode_chunk_data(data, self.spec)
+            for cid, data in updates.items()
+        }
+        stats = CommitStats(keys=[key])
+        while True:
+            if full:
+                merged: dict[int, bytes | memoryview] = {}
+                generation = None
+            else:
+                blob, generation = self.kvstore.read_with_generation(key)
+                # Keep stored chunks in their data encoding (zero-copy views into the old
+                # shard): no gunzip/gzip round trip, and only the old + the new shard in
+                # memory. A shard that cannot be parsed is never overwritten.
+                try:
+                    merged = {} if not blob else sh.split_shard(blob, self.spec, key, decode=False)
+                except CorruptDataError as e:
+                    raise CorruptDataError(
+                        f'Cannot write {_ids_text(new)} to shard "{key}" (nothing was '
+                        f"written): the existing shard is corrupt: {e}"
+                    ) from None
+                del blob
+            for cid, data in new.items():
+                if data is None:
+                    merged.pop(cid, None)
+                else:
+                    merged[cid] = data
+            encoded = sh.encode_shard(merged, self.spec, data_encoded=True) if merged else None
+            del merged
+            if generation is None:
+                if encoded is None:
+                    self.kvstore.delete(key)
+                else:
+                    self.kvstore.write(key, encoded)
+                ok = True
+            elif encoded is None and generation == NO_VALUE:
+                ok = True  # nothing stored before, nothing to store now
+            else:
+                ok = self.kvstore.write_if(key, encoded, generation)
+            if ok:
+                break
+            # Another writer changed the shard since we read it: read and merge again.
+            encoded = None
+            stats.retries += 1
+            if stats.retries >= self.MAX_COMMIT_RETRIES:
+                raise ConditionFailedError(
+                    f'Error writing shard "{key}": it changed concurrently on each of '
+                    f"{stats.retries} attempts; giving up (the edits are not stored)"
+                )
+            time.sleep(random.uniform(0, min(0.2, 0.001 * (1 << min(stats.retries, 8)))))
+        self.invalidate([shard])
+        if encoded is None:
+            stats.groups_deleted += 1
+        else:
+            stats.groups_written += 1
+        stats.chunks_written = sum(1 for v in new.values() if v is not None)
+        stats.chunks_deleted = len(new) - stats.chunks_written
+        return stats
+
+
+class ShardedChunkStore(ChunkStore):
+    """A sharded scale's chunks: grid positions are compressed Morton ids in a
+    :class:`ShardedIdStore` (``ids``); write groups are shard numbers."""
+
+    def __init__(
+        self, kvstore: KvStore, prefix: str, grid: ChunkGrid, spec: sh.ShardingSpec
+    ) -> None:
+        super().__init__(kvstore, prefix, grid)
+        self.spec = spec
+        self.ids = ShardedIdStore(kvstore, prefix, spec)
+        self.bits = sh.morton_bits(grid.size, grid.chunk)
+        self.rectangular_groups = sh.is_rectangular(spec, self.bits)
+
+    # -- placement ----------------------------------------------------------------------
+    def chunk_ids(self, positions: Sequence[Vec3] | np.ndarray) -> np.ndarray:
+        arr = np.asarray(positions, dtype=np.int64).reshape(-1, 3)
+        return sh.compressed_morton_codes(arr, self.bits)
+
+    def placement(self, positions: Sequence[Vec3]) -> Placement:
+        """Chunk ids, shard numbers and minishard numbers of ``positions``."""
+        if len(positions) <= 8:  # a few chunks: integer arithmetic beats numpy's set-up
+            got = [sh.placement_of(p, self.bits, self.spec) for p in positions]
+            cols = list(zip(*got, strict=True)) or [(), (), ()]
+            return Placement(*(np.array(c, np.uint64) for c in cols))
+        ids = self.chunk_ids(positions)
+        shards, minishards = sh.shard_and_minishard(ids, self.spec)  # hashes internally
+        return Placement(ids, shards, minishards)
+
+    def shard_key(self, shard: int) -> str:
+        return self.ids.shard_key(shard)
+
+    def key(self, pos: Vec3) -> str:
+        return self.shard_key(int(self.placement([pos]).shards[0]))
+
+    def describe(self, pos: Vec3) -> str:
+        ids, shards, minis = self.placement([pos])
+        return (
+            f"{self.shard_key(int(shards[0]))}, minishard {int(minis[0])}, chunk id {int(ids[0])}"
+        )
+
+    def group_of(self, pos: Vec3) -> Hashable:
+        return int(self.placement([pos]).shards[0])
+
+    def groups_of(self, positions: Sequence[Vec3]) -> list[Hashable]:
+        return [int(s) for s in self.placement(positions).shards]
+
+    def group_key(self, group: Hashable) -> str:
+        return self.shard_key(shard_number(group))
+
+    def group_size(self, group: Hashable) -> int:
+        if not self.rectangular_groups:
+            return -1  # unknown: whole-shard writes cannot be detected
+        return sh.chunks_in_shard(self.spec, self.bits, self.grid.shape, shard_number(group))
+
+    def invalidate(self, groups: Sequence[Hashable] | None = None) -> None:
+        self.ids.invalidate(None if groups is None else [shard_number(g) for g in groups])
+
+    # -- reading --------------------------------------------------------------------------
+    def read_chunks(
+        self, positions: Sequence[Vec3], *, deferred: bool = False
+    ) -> list[bytes | None]:
+        if not len(positions):
+            return []
+        p = self.placement(positions)
+        return self.ids.read_placed(p, whole=self._whole_shards(p.shards), deferred=deferred)
+
+    def finish(self, pos: Vec3, blob: bytes) -> bytes:
+        """Remove the shard data encoding from a deferred read."""
+        return self.ids.finish(blob, lambda: int(self.chunk_ids([pos])[0]))
+
+    def _whole_shards(self, shards: np.ndarray) -> set[int]:
+        """Shards whose every chunk is requested: read each in a single request."""
+        if not self.rectangular_groups:
+            return set()
+        values, counts = np.unique(shards, return_counts=True)
+        return {
+            int(s)
+            for s, c in zip(values, counts, strict=True)
+            if c == sh.chunks_in_shard(self.spec, self.bits, self.grid.shape, int(s))
+        }
+
+    # -- writing --------------------------------------------------------------------------
+    def commit_group(self, group: Hashable, updates: Mapping[Vec3, bytes | None]) -> CommitStats:
+        """Rewrite one shard with ``updates`` merged in, exactly once (see
+        :meth:`ShardedIdStore.commit_shard`); a write of every chunk of a rectangular
+        shard does not read it first."""
+        shard = shard_number(group)
+        ids = [int(i) for i in self.chunk_ids(list(updates))]
+        full = self.rectangular_groups and len(ids) == self.group_size(shard)
+        return self.ids.commit_shard(
+            shard, dict(zip(ids, updates.values(), strict=True)), full=full
+        )
