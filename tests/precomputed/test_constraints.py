@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from metadata_cases import (
     MM8,
     MM32,
@@ -19,7 +20,6 @@ from metadata_cases import (
     my_create,
     ts_create,
 )
-
 from precomputed.constraints import (
     MultiscaleConstraints,
     ScaleConstraints,

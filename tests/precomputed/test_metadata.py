@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from metadata_cases import (
     BASE_INFO,
     MM8,
@@ -23,7 +24,6 @@ from metadata_cases import (
     ts_create,
     without,
 )
-
 from precomputed.constraints import (
     create_scale,
 )
