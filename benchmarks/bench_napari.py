@@ -21,7 +21,12 @@ settings file (``NAPARI_CONFIG``) and ``NAPARI_ASYNC`` on or off. It opens both 
 ours: ``viewer.open([image, segmentation], plugin="napari-precomputed")``; theirs:
 ``viewer.open(em.ome.zarr, plugin="napari-ome-zarr")``, whose label layer is made visible
 (it opens hidden) in the same call — then steps z within the chunk, steps z into another
-chunk, zooms in 2x (one pyramid level finer), and pans by half a canvas. Local runs read
+chunk, zooms in 2x (one pyramid level finer), pans by half a canvas, and finally closes
+both layers and opens the same data again under another path ("first view, warm": napari's
+and the reader's modules are imported by then, so this is what the reader itself costs; in a
+fresh process napari's own first Image and Labels layers import pandas, scipy.ndimage and
+skimage, ~2 s here, see ``--baseline``). Every run reads the data under new paths (symlinks
+``vN`` -> ``data``), so no cache keyed by path or URL serves one run from another. Local runs read
 files; remote runs read the same directories over HTTP from ``tests/servers.py``'s
 RangeServer (30 ms per request) in a child process (``server_process.py``).
 
@@ -78,7 +83,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 READERS = ("ours", "ome-zarr")
 LOCATIONS = ("local", "remote")
 MODES = ("async", "sync")
-ACTIONS = ("first view", "z-step, same chunk", "z-step, new chunk", "zoom across a level", "pan")
+ACTIONS = ("first view", "z-step, same chunk", "z-step, new chunk", "zoom across a level", "pan",
+           "first view, warm")  # fmt: skip
 PLUGIN = {"ours": "napari-precomputed", "ome-zarr": "napari-ome-zarr"}
 
 
@@ -114,7 +120,7 @@ def make_config(args: argparse.Namespace) -> Config:
     cfg = Config()
     if args.smoke:
         cfg.size, cfg.chunk, cfg.scales, cfg.zarr_shard = (512, 512, 16), (64, 64, 4), 3, (256, 256, 16)
-        cfg.latency, cfg.repeats, cfg.quiet = 0.005, 1, 0.15
+        cfg.latency, cfg.repeats, cfg.quiet = 0.005, 1, 0.1
         cfg.canvas, cfg.window = (240, 240), (800, 500)
         cfg.single_process, cfg.timeout = True, 20.0
     if args.size:
@@ -289,6 +295,28 @@ def build_data(cfg: Config, root: Path) -> dict[str, Any]:
     return layout
 
 
+def baseline_arrays(root: Path, layout: dict[str, Any], scales: int) -> dict[str, Any]:
+    """``--baseline``: every level of both volumes as .npy files (the child memory-maps
+    them with numpy alone, so napari's own cost is measured without any reader)."""
+    import numpy as np
+
+    import precomputed
+
+    out: dict[str, Any] = {}
+    for name, rel in zip(("em", "seg"), layout["ours"], strict=True):
+        files = []
+        for i in range(scales):
+            f = root / "npy" / f"{name}-{i}.npy"
+            if not f.exists():
+                f.parent.mkdir(parents=True, exist_ok=True)
+                np.save(f, np.ascontiguousarray(precomputed.open(str(root / rel), scale_index=i).zyx()))
+            files.append(str(f))
+        out[name] = files
+    info = json.loads((root / layout["ours"][0] / "info").read_text())
+    out["scale"] = list(reversed(info["scales"][0]["resolution"]))
+    return out
+
+
 def du(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
@@ -343,18 +371,42 @@ class StackSampler:
                 frame = frame.f_back
             self.samples.append((time.monotonic(), tuple(stack)))
 
-    def summary(self, t0: float, t1: float, top: int = 14) -> list[tuple[str, float]]:
-        """Functions on the UI thread's stack during [t0, t1], by share of samples
-        (inclusive: a function counts while anything it called runs)."""
+    def summary(self, t0: float, t1: float, top: int = 8) -> list[tuple[str, float]]:
+        """Where the UI thread was during [t0, t1]: each sample attributed by
+        :func:`_attribute`, as shares of the samples."""
         window = [s for t, s in self.samples if t0 <= t <= t1]
         if not window:
             return []
-        counts: Counter[str] = Counter()
-        for stack in window:
-            counts.update(set(stack))
-        skip = re.compile(r"bench_napari|threading|qt_event_loop|_qapp|exec$|:run$|<module>")
-        rows = [(f, n / len(window)) for f, n in counts.most_common() if not skip.search(f)]
-        return rows[:top]
+        counts = Counter(_attribute(stack) for stack in window)
+        return [(f, n / len(window)) for f, n in counts.most_common(top)]
+
+
+_OURS = ("napari_precomputed/", "precomputed/")
+_LIBS = ("napari/", "vispy/", "napari_ome_zarr/", "zarr/", "dask/", "fsspec/", "aiohttp/", "numpy/")
+_PLUMBING = re.compile(r"^(napari/utils/events/|vispy/util/event|napari/_qt/qt_main_window.py:event"
+                       r"|vispy/app/backends/_qt.py:(event|paintGL)|superqt/|psygnal/|<frozen)")  # fmt: skip
+
+
+def _attribute(stack: tuple[str, ...]) -> str:
+    """One label per sampled stack (innermost frame first): an import in progress is
+    ``import <module> (from <the code importing it>)``; otherwise the innermost frame of
+    our packages, else the innermost frame of napari, vispy or another library that is
+    not event plumbing, else the innermost frame."""
+    outer = max((i for i, f in enumerate(stack) if f.endswith(":_find_and_load")), default=None)
+    if outer is not None:
+        modules = [f for f in stack[:outer] if f.endswith(":<module>")]
+        module = modules[-1].rsplit(":", 1)[0] if modules else "?"
+        j = outer + 1
+        while j < len(stack) and ("importlib" in stack[j] or stack[j].startswith("<frozen")):
+            j += 1
+        return f"import {module} (from {stack[j] if j < len(stack) else '?'})"
+    for f in stack:
+        if f.startswith(_OURS):
+            return f
+    for f in stack:
+        if f.startswith(_LIBS) and not _PLUMBING.match(f):
+            return f
+    return stack[0] if stack else "?"
 
 
 def _short(filename: str) -> str:
@@ -623,6 +675,8 @@ def child_main(spec_path: str) -> int:
 
 def run_case(viewer: Any, rec: Recorder, case: dict[str, Any], result: dict[str, Any],
              sampler: StackSampler | None, profile_dir: Path | None, tag: str) -> None:  # fmt: skip
+    import numpy as np
+
     reader = case["reader"]
     source = case["source"]
 
@@ -633,13 +687,20 @@ def run_case(viewer: Any, rec: Recorder, case: dict[str, Any], result: dict[str,
             raise RuntimeError(f"{name}: {r['error']}")
         return r
 
-    def first_view() -> None:
+    def open_layers(source: Any) -> None:
+        if reader == "memory":  # napari alone: the same levels as memory-mapped numpy
+            em = [np.load(f, mmap_mode="r") for f in source["em"]]
+            seg = [np.load(f, mmap_mode="r") for f in source["seg"]]
+            viewer.add_image(em, multiscale=True, scale=source["scale"], name="em",
+                             contrast_limits=(0, 255))  # fmt: skip
+            viewer.add_labels(seg, multiscale=True, scale=source["scale"], name="seg")
+            return
         viewer.open(source, plugin=PLUGIN[reader])
         for layer in viewer.layers:  # napari-ome-zarr opens label images hidden
             if not layer.visible:
                 layer.visible = True
 
-    do("first view", first_view)
+    do("first view", lambda: open_layers(source))
     result["layers"] = [
         {"name": layer.name, "type": type(layer).__name__, "levels": len(layer.data) if layer.multiscale else 1,
          "shape": list(layer.data[0].shape if layer.multiscale else layer.data.shape),
@@ -674,6 +735,11 @@ def run_case(viewer: Any, rec: Recorder, case: dict[str, Any], result: dict[str,
         camera.center = tuple(center)
 
     do("pan", pan)
+    # The same data again under another path, in this now warm process (napari's and the
+    # reader's modules imported, connections open): what a second volume costs.
+    viewer.layers.clear()
+    rec.settle()
+    do("first view, warm", lambda: open_layers(case["source_warm"]))
 
 
 # -- the server's request log ---------------------------------------------------------------------
@@ -744,7 +810,13 @@ def analyse_requests(log: list[tuple[Any, ...]], t0: float, t1: float,
         if c is not None:
             stages.setdefault(c[0], set()).add(c[1])
     needed = {layer: len(s) for layer, s in stages.items()}
+    timeline = []
+    for _, path, rng, status, start, end in sorted(window, key=lambda r: r[4]):
+        c = classify(path, rng, layout)
+        timeline.append([round((start - t0) * 1000), round((end - start) * 1000), status,
+                         c[0] if c else "?", str(c[1]) if c else "?", path, rng])  # fmt: skip
     return {
+        "timeline": timeline,
         "requests": len(window),
         "failed": sum(1 for r in window if r[3] not in (200, 206)),
         "rounds": rounds([(r[4], r[5]) for r in window]),
@@ -767,6 +839,7 @@ class Case:
     source: Any = None
     chunk_z: int = 8
     alias: str = ""  # this run's name for the data directory (a symlink, see fresh_aliases)
+    source_warm: Any = None  # the same data under a second alias, for "first view, warm"
 
     def label(self) -> str:
         return f"{self.reader}/{self.location}/{self.mode}"
@@ -780,6 +853,8 @@ class Run:
 
 
 def sources(reader: str, location: str, base: str, layout: dict[str, Any]) -> Any:
+    if reader == "memory":
+        return layout["baseline"]
     if reader == "ours":
         return [f"{base}/{p}" for p in layout["ours"]]
     return f"{base}/{layout['ome-zarr']}"
@@ -794,10 +869,13 @@ def fresh_aliases(cases: list[Case], root: Path, url: str | None, layout: dict[s
     dentries aside), even when runs share a process (``--single-process``)."""
     out = []
     for c in cases:
-        alias = f"v{next(_ALIASES)}"
-        (root / alias).symlink_to("data", target_is_directory=True)
-        base = str(root / alias) if c.location == "local" else f"{url}/{alias}"
-        out.append(replace(c, alias=alias, source=sources(c.reader, c.location, base, layout)))
+        found = []
+        for _ in range(2):
+            alias = f"v{next(_ALIASES)}"
+            (root / alias).symlink_to("data", target_is_directory=True)
+            base = str(root / alias) if c.location == "local" else f"{url}/{alias}"
+            found.append((alias, sources(c.reader, c.location, base, layout)))
+        out.append(replace(c, alias=found[0][0], source=found[0][1], source_warm=found[1][1]))
     return out
 
 
@@ -907,7 +985,7 @@ def table(runs: list[Run], cfg: Config) -> tuple[str, dict[str, Any]]:
                         "requests": statistics.median([q["requests"] for q in reqs]) if reqs else None,
                         "rounds": statistics.median([q["rounds"] for q in reqs]) if reqs else None,
                         "floor": statistics.median([max(q["needed_rounds"].values(), default=0) for q in reqs]) * cfg.latency
-                        if reqs and action == "first view" else None,
+                        if reqs and action.startswith("first view") else None,
                     }  # fmt: skip
                 o, z = vals["ours"], vals["ome-zarr"]
                 ratio = f"{o['time'][0] / z['time'][0]:.2f}" if o["time"] and z["time"] and z["time"][0] > 0 else "–"
@@ -924,6 +1002,20 @@ def table(runs: list[Run], cfg: Config) -> tuple[str, dict[str, Any]]:
                 )  # fmt: skip
                 summary[f"{location}/{mode}/{action}"] = vals
     return "\n".join(lines), summary
+
+
+def baseline_table(runs: list[Run]) -> str:
+    """``--baseline``: napari alone (in-memory levels), local, per slicing mode."""
+    lines = ["| slicing | action | napari alone (s) | longest stall (s) |", "|---|---|---|---|"]
+    for mode in MODES:
+        rs = [r for r in runs if r.case.reader == "memory" and r.case.mode == mode]
+        if not rs:
+            continue
+        for action in ACTIONS:
+            acts = [a for r in rs for a in r.result.get("actions", []) if a["action"] == action and a.get("ok")]
+            lines.append(f"| {mode} | {action} | {fmt(median_range([a['time'] for a in acts]), len(acts))} "
+                         f"| {fmt(median_range([a['stall'] for a in acts]), len(acts))} |")  # fmt: skip
+    return "\n".join(lines)
 
 
 def facts(runs: list[Run], layout: dict[str, Any], cfg: Config) -> list[str]:
@@ -956,6 +1048,21 @@ def facts(runs: list[Run], layout: dict[str, Any], cfg: Config) -> list[str]:
     out.append(f"napari start (import + shown viewer, not timed above): median {statistics.median(starts):.2f} s")
     shots = [r.result.get("screenshot", {}) for r in runs]
     out.append(f"screenshots with image + labels on screen: {sum(1 for s in shots if s.get('ok'))}/{len(shots)}")
+    return out
+
+
+def request_report(runs: list[Run]) -> list[str]:
+    """The remote first view's requests in order: start and duration (ms), stage, path."""
+    out = []
+    for run in runs:
+        q = run.requests.get("first view")
+        if not q:
+            continue
+        out.append(f"{run.case.label()} (first view {run.result['actions'][0]['time']:.2f} s, "
+                   f"{q['requests']} requests, {q['rounds']} rounds):")  # fmt: skip
+        for start, dur, status, layer, stage, path, rng in q["timeline"]:
+            path = "/".join(path.split("/")[2:])
+            out.append(f"  +{start:5d} ms {dur:4d} ms {status} {layer:6s} {stage:16s} {path} {rng or ''}")
     return out
 
 
@@ -999,6 +1106,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--single-process", action="store_true", help="all cases in one napari process")
     p.add_argument("--stall-stacks", action="store_true", help="where each UI stall > 100 ms went")
     p.add_argument("--profile", metavar="DIR", help="cProfile of the UI thread per action")
+    p.add_argument("--requests", action="store_true", help="print each remote first view's requests")
+    p.add_argument("--baseline", action="store_true",
+                   help="also napari alone: the same levels as in-memory numpy arrays, no reader")  # fmt: skip
     p.add_argument("--screenshots", metavar="DIR", help="save each run's final screenshot")
     p.add_argument("--workdir", help="keep the data here (reused when unchanged)")
     p.add_argument("--json", help="write every run and the medians here")
@@ -1027,6 +1137,9 @@ def main(argv: list[str] | None = None) -> int:
             Case(reader, location, mode, chunk_z=cfg.chunk[2])
             for location in LOCATIONS for mode in MODES for reader in READERS
         ]  # fmt: skip
+        if args.baseline:
+            layout["baseline"] = baseline_arrays(root / "data", layout, cfg.scales)
+            cases += [Case("memory", "local", mode, chunk_z=cfg.chunk[2]) for mode in MODES]
         cases = [c for c in cases if all(o in c.label() for o in args.only)]
         need_server = any(c.location == "remote" for c in cases)
         with contextlib.ExitStack() as stack:
@@ -1040,6 +1153,7 @@ def main(argv: list[str] | None = None) -> int:
                     for location in LOCATIONS:
                         for mode in MODES:
                             group = [c for c in cases if c.location == location and c.mode == mode]
+                            group.sort(key=lambda c: c.reader == "memory")
                             if rep % 2:  # alternate which reader goes first
                                 group.reverse()
                             for c in group:
@@ -1056,11 +1170,20 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(text)
     print()
+    if args.baseline:
+        print("napari alone, the same levels as memory-mapped numpy arrays (local, no reader):\n")
+        print(baseline_table(runs))
+        print()
     for line in facts(runs, layout, cfg):
         print(f"* {line}")
     if args.stall_stacks:
         print("\nUI stalls above 100 ms (share of UI-thread samples inside each function):")
         for line in stall_report(runs):
+            print(f"  {line}")
+    if args.requests:
+        print("\nRequests of each remote first view (start after the action, duration, status, "
+              "layer, stage, path, range):")  # fmt: skip
+        for line in request_report(runs):
             print(f"  {line}")
     bad = {k: v for k, v in problems.items() if v}
     for label, issues in bad.items():

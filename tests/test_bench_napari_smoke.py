@@ -18,7 +18,8 @@ pytest.importorskip("napari_ome_zarr")
 pytest.importorskip("zarr")
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_napari.py"
-ACTIONS = ("first view", "z-step, same chunk", "z-step, new chunk", "zoom across a level", "pan")
+ACTIONS = ("first view", "z-step, same chunk", "z-step, new chunk", "zoom across a level", "pan",
+           "first view, warm")  # fmt: skip
 
 
 @pytest.mark.qt
