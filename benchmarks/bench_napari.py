@@ -1,8 +1,9 @@
 """napari in a real window: napari-precomputed against napari-ome-zarr on the same data.
 
-    .venv/bin/python benchmarks/bench_napari.py              # full size, 5 runs, ~10 min on 2 cores
+    .venv/bin/python benchmarks/bench_napari.py              # full size, 5 runs, ~11 min on 2 cores
     .venv/bin/python benchmarks/bench_napari.py --smoke      # tiny data, 1 run, one process: < 60 s
-    .venv/bin/python benchmarks/bench_napari.py --repeats 3 --only remote --stall-stacks
+    .venv/bin/python benchmarks/bench_napari.py --repeats 1 --only ours/remote --stall-stacks --requests
+    .venv/bin/python benchmarks/bench_napari.py --baseline   # also napari alone (in-memory levels)
     pip install "napari-precomputed[bench]"                  # napari, napari-ome-zarr, zarr
 
 See docs/performance.md ("napari") for the measured table and what the numbers mean.
@@ -53,7 +54,9 @@ Measured per action, on the UI thread's clock (``time.monotonic``):
 
 Medians of ``--repeats`` runs; brackets give the min-max over runs. ``--stall-stacks``
 samples the UI thread's Python stack every 2 ms and prints where each stall above
-100 ms was spent; ``--profile DIR`` writes a cProfile (UI thread) per action.
+100 ms was spent; ``--requests`` prints each remote first view's requests in order;
+``--profile DIR`` writes a cProfile (UI thread) per action; ``--baseline`` adds napari
+alone (the same levels as memory-mapped numpy arrays, no reader) as a reference.
 """
 
 from __future__ import annotations
@@ -1054,11 +1057,12 @@ def facts(runs: list[Run], layout: dict[str, Any], cfg: Config) -> list[str]:
 def request_report(runs: list[Run]) -> list[str]:
     """The remote first view's requests in order: start and duration (ms), stage, path."""
     out = []
-    for run in runs:
-        q = run.requests.get("first view")
-        if not q:
+    for run, action in ((r, a) for r in runs for a in ACTIONS):
+        q = run.requests.get(action)
+        if not q or not action.startswith("first view"):
             continue
-        out.append(f"{run.case.label()} (first view {run.result['actions'][0]['time']:.2f} s, "
+        took = next(a["time"] for a in run.result["actions"] if a["action"] == action)
+        out.append(f"{run.case.label()} ({action} {took:.2f} s, "
                    f"{q['requests']} requests, {q['rounds']} rounds):")  # fmt: skip
         for start, dur, status, layer, stage, path, rng in q["timeline"]:
             path = "/".join(path.split("/")[2:])
