@@ -3,10 +3,17 @@
 A real server is never inside the client's process. In the same process its request
 handling would compete with a Python client for the GIL (TensorStore's C++ client does
 not hold it), so the latency workloads serve from a child process. The parent proxies the
-few attributes the benchmark reads: ``url``, ``requests`` and ``clear_log()``.
+few attributes the benchmarks read: ``url``, ``requests``, ``timed_requests`` and
+``clear_log()``.
 
 Protocol on the child's stdin/stdout, one line each: ``log`` answers the request log as
-JSON, ``clear`` clears it (answers ``ok``), end of input stops the server.
+JSON, ``tlog`` the timed log (below), ``clear`` clears both (answers ``ok``), end of input
+stops the server.
+
+The timed log has one ``[method, path, range, status, start, end]`` per request, with
+``start`` and ``end`` in ``time.monotonic()`` seconds (CLOCK_MONOTONIC, the same clock in
+every process on the machine): when the request arrived and when its answer was sent,
+latency included. ``benchmarks/bench_napari.py`` uses it to count sequential rounds.
 """
 
 from __future__ import annotations
@@ -52,6 +59,11 @@ class ServerProcess:
     def requests(self) -> list[tuple[str, str, str | None]]:
         return [tuple(r) for r in json.loads(self._ask("log"))]  # type: ignore[misc]
 
+    @property
+    def timed_requests(self) -> list[tuple[str, str, str | None, int, float, float]]:
+        """``(method, path, range, status, start, end)`` per request (see the module doc)."""
+        return [tuple(r) for r in json.loads(self._ask("tlog"))]  # type: ignore[misc]
+
     def clear_log(self) -> None:
         self._ask("clear")
 
@@ -77,6 +89,7 @@ def _serve(root: str, latency: float) -> None:
     server = RangeServer(root=root, latency=latency)
     # Clients closing keep-alive connections make the stdlib server print tracebacks.
     server._httpd.handle_error = lambda request, client_address: None  # type: ignore[method-assign]
+    timed = _time_requests(server)
     server.start()
     print(server.url, flush=True)
     try:
@@ -84,11 +97,45 @@ def _serve(root: str, latency: float) -> None:
             command = line.strip()
             if command == "log":
                 print(json.dumps(list(server.requests)), flush=True)
+            elif command == "tlog":
+                with server._lock:
+                    print(json.dumps(list(timed)), flush=True)
             elif command == "clear":
                 server.clear_log()
+                with server._lock:
+                    timed.clear()
                 print("ok", flush=True)
     finally:
         server.stop()
+
+
+def _time_requests(server: Any) -> list[list[Any]]:
+    """Wrap the server's request handling to log start, end and status of each request."""
+    import time
+
+    timed: list[list[Any]] = []
+    local = threading.local()
+    handle, response = server._handle, server._response
+
+    def timed_response(path: str, rng: str | None) -> Any:
+        out = response(path, rng)
+        local.status = out[0]
+        return out
+
+    def timed_handle(h: Any, body: bool) -> None:
+        start = time.monotonic()
+        local.status = 0
+        try:
+            handle(h, body)
+        finally:
+            with server._lock:
+                timed.append(
+                    [h.command, h.path, h.headers.get("Range"), local.status, start, time.monotonic()]
+                )
+
+    server._response = timed_response
+    server._handle = timed_handle
+    return timed
 
 
 if __name__ == "__main__":
