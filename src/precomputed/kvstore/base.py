@@ -184,6 +184,7 @@ class KvStore(ABC):
         """Whole objects, fetched concurrently, in the order given."""
         for k in keys:
             check_key(k)
+        for k in keys:
             self._record("read", k)
         return self._read_many(list(keys))
 

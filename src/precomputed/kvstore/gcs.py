@@ -32,6 +32,8 @@ from .retry import Transient
 __all__ = ["GcsKvStore"]
 
 _HANDLED = (200, 204, 206, 304, 404, 412, 416)
+#: Custom metadata naming the conditional write that stored an object.
+_TOKEN = "precomputed-write"
 
 
 class GcsKvStore(RemoteKvStore):
@@ -143,19 +145,23 @@ class GcsKvStore(RemoteKvStore):
         if status == 404:
             return Response(404)
         meta = _json(body, what)
-        return Response(200, b"", str(meta["generation"]), size=int(meta.get("size", 0)))
+        token = (meta.get("metadata") or {}).get(_TOKEN)
+        return Response(200, b"", str(meta["generation"]), size=int(meta.get("size", 0)), token=token)
 
     async def _put_once(
-        self, key: str, data: bytes, if_generation: Generation | None
+        self, key: str, data: bytes, if_generation: Generation | None, token: str | None
     ) -> Generation | None:
         fs: Any = self.fs
         # A multipart upload: one request on real GCS, and the only upload type whose
         # preconditions fake-gcs-server honours.
         boundary = uuid.uuid4().hex
+        resource: dict[str, Any] = {"name": self._object(key), "contentType": "application/octet-stream"}
+        if token is not None:
+            resource["metadata"] = {_TOKEN: token}
         body = b"".join(
             [
                 f"--{boundary}\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n".encode(),
-                json.dumps({"name": self._object(key), "contentType": "application/octet-stream"}).encode(),
+                json.dumps(resource).encode(),
                 f"\r\n--{boundary}\r\nContent-Type: application/octet-stream\r\n\r\n".encode(),
                 data,
                 f"\r\n--{boundary}--".encode(),
@@ -192,9 +198,13 @@ class GcsKvStore(RemoteKvStore):
         status, _, _ = await self._send(
             "DELETE", self._object_url(key, media=False), what, params=params
         )
-        if status == 404:
-            return if_generation is None
-        return status != 412
+        if status in (404, 412):
+            if if_generation is None:
+                return True
+            # It was at if_generation a moment ago: gone now means our DELETE did it and
+            # a resend (aiohttp repeats a DELETE on a reused connection) found it gone.
+            return (await self._head_once(key)).status == 404
+        return True
 
     async def _list_once(self, prefix: str) -> list[str]:
         fs: Any = self.fs

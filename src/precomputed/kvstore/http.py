@@ -133,7 +133,9 @@ class HttpKvStore(RemoteKvStore):
         size = int(length) if length is not None and length.isdigit() else None
         return Response(200, b"", _validator(got), size=size)
 
-    async def _put_once(self, key: str, data: bytes, if_generation: Generation | None) -> Generation | None:
+    async def _put_once(
+        self, key: str, data: bytes, if_generation: Generation | None, token: str | None
+    ) -> Generation | None:
         raise AssertionError("HTTP stores are read-only")  # the base raises ReadOnlyError first
 
     async def _delete_once(self, key: str, if_generation: Generation | None) -> bool:

@@ -28,7 +28,8 @@ def transport_failure(exc: BaseException, what: str, timeouts: Timeouts) -> Exce
     request or reading its answer."""
     if isinstance(exc, aiohttp.TooManyRedirects):
         # Deterministic (a redirect loop or a very long chain): retrying cannot help.
-        return UnavailableError(f"{what}: too many redirects ({exc.status} {exc.message})")
+        hops = len(getattr(exc, "history", ()) or ())
+        return UnavailableError(f"{what}: too many redirects (a redirect loop? {hops} followed)")
     if isinstance(exc, (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError)):
         return StorageError(f"{what}: TLS failure: {exc}")
     if isinstance(exc, aiohttp.InvalidURL):

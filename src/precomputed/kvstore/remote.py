@@ -15,7 +15,8 @@ conditional), :meth:`~RemoteKvStore._head_once`, :meth:`~RemoteKvStore._put_once
   precondition *and* compare it with the generation of each answer, so a server that
   ignores the precondition (fake-gcs-server does) still cannot mix versions;
 * a conditional write whose answer was lost and whose retry then loses is resolved by
-  reading the object back: if it holds our bytes, the first attempt won.
+  looking at the object's metadata: if it carries the write's own token, the first
+  attempt won.
 
 All coroutines run on fsspec's I/O loop; batch calls are one ``gather`` bounded by
 :attr:`~.base.KvStore.concurrency`. Exceptions that are not the library's become
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -68,6 +70,8 @@ class Response:
     generation: Generation | None = None
     content_range: str | None = None
     size: int | None = None
+    #: The token of the conditional write that stored the object (HEAD answers).
+    token: str | None = None
 
 
 @dataclass
@@ -77,6 +81,21 @@ class _Got:
     outcome: str
     data: bytes | None = None
     generation: Generation | None = None
+
+
+async def gather_or_cancel(coros: list[Awaitable[T]]) -> list[T]:
+    """``asyncio.gather`` that cancels the others when one fails: a batch with a
+    failed request ends at once instead of retrying the rest in the background."""
+    if len(coros) == 1:
+        return [await coros[0]]
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 def _plan(start: int, stop: int | None) -> tuple[str, str | None]:
@@ -145,10 +164,11 @@ class RemoteKvStore(KvStore):
         raise NotImplementedError
 
     async def _put_once(
-        self, key: str, data: bytes, if_generation: Generation | None
+        self, key: str, data: bytes, if_generation: Generation | None, token: str | None
     ) -> Generation | None:
         """One upload; with ``if_generation`` (NO_VALUE: only if absent) conditional.
-        The new generation, or None when the precondition failed."""
+        The new generation, or None when the precondition failed. ``token`` goes into
+        the object's metadata, where :meth:`_head_once` finds it (:attr:`Response.token`)."""
         raise NotImplementedError
 
     async def _delete_once(self, key: str, if_generation: Generation | None) -> bool:
@@ -179,7 +199,7 @@ class RemoteKvStore(KvStore):
             async with sem:
                 return await c
 
-        return list(await asyncio.gather(*(one(c) for c in coros)))
+        return await gather_or_cancel([one(c) for c in coros])
 
     def _seen_generation(self, gen: Generation | None) -> Generation:
         """A generation from a ranged read; no validator means unpinnable reads."""
@@ -207,6 +227,8 @@ class RemoteKvStore(KvStore):
             return _Got("ok", data, resp.generation)
         if status != 206 or kind == "whole" or kind == "local":
             raise Transient(f"unexpected HTTP {status} to {rng or 'a whole-object GET'}")
+        if data == b"" and (resp.content_range or "").endswith("/0"):
+            return _Got("ok", b"", resp.generation)  # an empty object (fake-gcs: "bytes 0--1/0")
         m = _CONTENT_RANGE.match(resp.content_range or "")
         if m is None:
             raise Transient(f"a 206 answer with Content-Range {resp.content_range!r} to {rng}")
@@ -339,7 +361,7 @@ class RemoteKvStore(KvStore):
                 pin = pins.get(k)
                 found: Generation | None = None
                 for _ in range(_PIN_ROUNDS):
-                    gots = await asyncio.gather(*(get(k, a, b, pin) for a, b in ranges))
+                    gots = await gather_or_cancel([get(k, a, b, pin) for a, b in ranges])
                     lost = [g for g in gots if g.outcome == "changed"]
                     if lost:
                         found = lost[0].generation
@@ -353,7 +375,7 @@ class RemoteKvStore(KvStore):
                     pin = found = gens[0]  # mixed versions: hold the rest to the first
                 return None, found
 
-            return await asyncio.gather(*(one_key(k, idx) for k, idx in by_key.items()))
+            return await gather_or_cancel([one_key(k, idx) for k, idx in by_key.items()])
 
         results = self._run(batch)
         out: list[bytes | None] = [None] * len(requests)
@@ -403,13 +425,21 @@ class RemoteKvStore(KvStore):
         self, key: str, data: bytes, if_generation: Generation | None
     ) -> Generation | None:
         what = f"writing {self._describe(key)}"
-        gen, attempts = await self._retry(what, lambda n: self._put_once(key, data, if_generation))
-        if gen is None and attempts > 1:
-            # An earlier attempt may have been applied and only its answer lost; then
-            # the retry's precondition fails against our own write. Look.
-            got = await self._a_get(key, 0, None)
-            if got.outcome == "ok" and got.data == data:
-                return got.generation if got.generation is not None else hash_generation(data)
+        # A conditional write carries a token of its own in the object's metadata, so a
+        # lost answer can be told apart from a lost race (below).
+        token = None if if_generation is None else uuid.uuid4().hex
+        gen, _ = await self._retry(
+            what, lambda n: self._put_once(key, data, if_generation, token)
+        )
+        if gen is None and token is not None:
+            # The precondition failed. An earlier attempt may have been applied and only
+            # its answer lost (ours, or aiohttp's silent resend of a PUT on a reused
+            # connection), so that the retry failed against our own write: then the
+            # object carries our token. Equal bytes would prove nothing: two writers
+            # incrementing one counter write equal bytes, and one increment is lost.
+            head = await self._a_head(key)
+            if head.status == 200 and head.token == token:
+                return head.generation
         return gen
 
     async def _a_delete(self, key: str, if_generation: Generation | None) -> Generation | None:

@@ -39,6 +39,8 @@ _TRANSIENT_CODES = {
     "ServiceUnavailable",
     "ConditionalRequestConflict",  # a concurrent conditional write: ask again
 }
+#: User metadata naming the conditional write that stored an object.
+_TOKEN = "precomputed-write"
 _AUTH_CODES = {
     "AccessDenied",
     "InvalidAccessKeyId",
@@ -193,12 +195,15 @@ class S3KvStore(RemoteKvStore):
             if status == 404:
                 return Response(404)
             raise Transient(f"unexpected HTTP {status} to HEAD")
-        return Response(200, b"", resp.get("ETag"), size=int(resp.get("ContentLength", 0)))
+        token = (resp.get("Metadata") or {}).get(_TOKEN)
+        return Response(200, b"", resp.get("ETag"), size=int(resp.get("ContentLength", 0)), token=token)
 
     async def _put_once(
-        self, key: str, data: bytes, if_generation: Generation | None
+        self, key: str, data: bytes, if_generation: Generation | None, token: str | None
     ) -> Generation | None:
         kwargs: dict[str, Any] = {"Key": self._object(key), "Body": data}
+        if token is not None:
+            kwargs["Metadata"] = {_TOKEN: token}
         if if_generation == NO_VALUE:
             kwargs["IfNoneMatch"] = "*"
         elif if_generation is not None:
@@ -222,7 +227,11 @@ class S3KvStore(RemoteKvStore):
             kwargs["IfMatch"] = if_generation
         status, _ = await self._call("delete_object", what, **kwargs)
         if status in (412, 404):
-            return if_generation is None
+            if if_generation is None:
+                return True
+            # It was at if_generation a moment ago: gone now means our DELETE did it and
+            # a resend (aiohttp repeats a DELETE on a reused connection) found it gone.
+            return (await self._head_once(key)).status == 404
         return True
 
     async def _list_once(self, prefix: str) -> list[str]:
