@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..errors import GenerationChangedError
+from .keys import CHECKED_KEYS as _checked_keys
 from .keys import check_key, check_prefix
 
 __all__ = ["KvStore", "Generation", "RangeRequest", "NO_VALUE", "UNVERSIONED"]
@@ -168,22 +169,27 @@ class KvStore(ABC):
     def spec(self) -> dict[str, Any]:
         """TensorStore kvstore JSON spec of the store root."""
 
+    # Hot paths test the keys module's memo of valid keys inline (a dict lookup) and
+    # call check_key only for keys not seen before.
     def read(self, key: str) -> bytes | None:
-        check_key(key)
+        if key not in _checked_keys:
+            check_key(key)
         self._record("read", key)
         return self._read(key)
 
     def read_range(self, key: str, start: int, stop: int | None) -> bytes | None:
         """Bytes ``[start, stop)`` of ``key`` (clipped at the end); ``None`` if missing.
         ``start < 0`` with ``stop=None`` reads the last ``-start`` bytes."""
-        check_key(key)
+        if key not in _checked_keys:
+            check_key(key)
         self._record("read_range", key, start, stop)
         return self._read_range(key, start, stop)
 
     def read_many(self, keys: Sequence[str]) -> list[bytes | None]:
         """Whole objects, fetched concurrently, in the order given."""
         for k in keys:
-            check_key(k)
+            if k not in _checked_keys:
+                check_key(k)
         for k in keys:
             self._record("read", k)
         return self._read_many(list(keys))
@@ -195,7 +201,8 @@ class KvStore(ABC):
         :attr:`stats` and :attr:`request_log` record the requests actually made.
         """
         for k, _, _ in requests:
-            check_key(k)
+            if k not in _checked_keys:
+                check_key(k)
         merged, parts = coalesce_ranges(requests, self.coalesce_gap, self.coalesce_limit)
         for k, a, b in merged:
             self._record("read_range", k, a, b)
@@ -274,7 +281,8 @@ class KvStore(ABC):
         ``len(buffer)`` bytes: True. None when the key is missing; False when the sizes
         differ or the store cannot read in place (then nothing is counted: use :meth:`read`).
         """
-        check_key(key)
+        if key not in _checked_keys:
+            check_key(key)
         got = self._read_into(key, buffer)
         if got is not False:
             self._record("read", key)

@@ -5,6 +5,7 @@ error naming the URL. Nothing from aiohttp escapes this module."""
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,6 +17,7 @@ from .retry import TRANSIENT_STATUS, Timeouts, Transient, parse_retry_after
 __all__ = ["request", "transport_failure", "status_failure", "client_timeout"]
 
 
+@functools.lru_cache(maxsize=64)
 def client_timeout(timeouts: Timeouts) -> aiohttp.ClientTimeout:
     # No total: a large object may take long, as long as bytes keep coming.
     return aiohttp.ClientTimeout(

@@ -14,17 +14,18 @@ from __future__ import annotations
 
 from ..errors import InvalidArgumentError
 
-__all__ = ["check_key", "check_prefix"]
+__all__ = ["check_key", "check_prefix", "CHECKED_KEYS"]
 
-# Keys already validated (chunk keys repeat on every read): a dict lookup instead of
-# the string scans. Bounded: cleared when full. Only valid keys are ever added.
-_valid: dict[str, None] = {}
+#: Keys already validated (chunk keys repeat on every read): a dict lookup instead of
+#: the string scans; hot paths test ``key in CHECKED_KEYS`` before calling
+#: :func:`check_key`. Bounded (cleared when full); only valid keys are ever added.
+CHECKED_KEYS: dict[str, None] = {}
 _MEMO = 1 << 16
 
 
 def check_key(key: str) -> str:
     """``key`` if it is valid, else InvalidArgumentError naming it and the rule."""
-    if type(key) is str and key in _valid:
+    if type(key) is str and key in CHECKED_KEYS:
         return key
     if not isinstance(key, str) or not key:
         raise InvalidArgumentError(f"kvstore key must be a non-empty string, got {key!r}")
@@ -36,9 +37,9 @@ def check_key(key: str) -> str:
         )
     if "\x00" in key or "\\" in key:
         raise InvalidArgumentError(f"invalid kvstore key {key!r}: NUL or backslash")
-    if len(_valid) >= _MEMO:
-        _valid.clear()
-    _valid[key] = None
+    if len(CHECKED_KEYS) >= _MEMO:
+        CHECKED_KEYS.clear()
+    CHECKED_KEYS[key] = None
     return key
 
 
