@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ..errors import GenerationChangedError
+from ..errors import GenerationChangedError, PermissionDeniedError, PrecomputedError, StorageError
 from .keys import CHECKED_KEYS as _checked_keys
 from .keys import check_key, check_prefix
 
@@ -91,6 +91,13 @@ def coalesce_ranges(
 def _slice(blob: bytes, start: int, stop: int | None) -> bytes:
     """``blob[start:stop]`` with the store's range rules (``start < 0``: a suffix)."""
     return blob[start:stop]
+
+
+def _keys_of(keys: Iterable[str]) -> str:
+    """A few keys of a batch, for messages."""
+    keys = list(dict.fromkeys(keys))
+    shown = ", ".join(keys[:3])
+    return shown + (f" (and {len(keys) - 3} more)" if len(keys) > 3 else "")
 
 
 def _split(
@@ -175,7 +182,12 @@ class KvStore(ABC):
         if key not in _checked_keys:
             check_key(key)
         self._record("read", key)
-        return self._read(key)
+        try:
+            return self._read(key)
+        except PrecomputedError:
+            raise
+        except OSError as exc:
+            raise self._os_failure(exc, "reading", key) from exc
 
     def read_range(self, key: str, start: int, stop: int | None) -> bytes | None:
         """Bytes ``[start, stop)`` of ``key`` (clipped at the end); ``None`` if missing.
@@ -183,7 +195,12 @@ class KvStore(ABC):
         if key not in _checked_keys:
             check_key(key)
         self._record("read_range", key, start, stop)
-        return self._read_range(key, start, stop)
+        try:
+            return self._read_range(key, start, stop)
+        except PrecomputedError:
+            raise
+        except OSError as exc:
+            raise self._os_failure(exc, "reading", key) from exc
 
     def read_many(self, keys: Sequence[str]) -> list[bytes | None]:
         """Whole objects, fetched concurrently, in the order given."""
@@ -192,7 +209,12 @@ class KvStore(ABC):
                 check_key(k)
         for k in keys:
             self._record("read", k)
-        return self._read_many(list(keys))
+        try:
+            return self._read_many(list(keys))
+        except PrecomputedError:
+            raise
+        except OSError as exc:
+            raise self._os_failure(exc, "reading", _keys_of(keys)) from exc
 
     def read_ranges(self, requests: Sequence[RangeRequest]) -> list[bytes | None]:
         """Byte ranges, fetched concurrently, in the order given.
@@ -206,7 +228,12 @@ class KvStore(ABC):
         merged, parts = coalesce_ranges(requests, self.coalesce_gap, self.coalesce_limit)
         for k, a, b in merged:
             self._record("read_range", k, a, b)
-        return _split(requests, parts, self._read_ranges(merged))
+        try:
+            return _split(requests, parts, self._read_ranges(merged))
+        except PrecomputedError:
+            raise
+        except OSError as exc:
+            raise self._os_failure(exc, "reading", _keys_of(k for k, _, _ in requests)) from exc
 
     def read_range_with_generation(
         self, key: str, start: int, stop: int | None
@@ -241,7 +268,9 @@ class KvStore(ABC):
         merged, parts = coalesce_ranges(requests, self.coalesce_gap, self.coalesce_limit)
         for k, a, b in merged:
             self._record("read_range", k, a, b)
-        blobs, got, changed = self._read_ranges_pinned(merged, pins)
+        blobs, got, changed = self._guard(
+            "reading", _keys_of(k for k, _, _ in requests), self._read_ranges_pinned, merged, pins
+        )
         out = _split(requests, parts, blobs)
         if changed:
             for k in changed:
@@ -268,13 +297,13 @@ class KvStore(ABC):
         allows (:attr:`cheap_revalidation`)."""
         check_key(key)
         self._record("revalidate", key)
-        return self._read_if_changed(key, generation)
+        return self._guard("revalidating", key, self._read_if_changed, key, generation)
 
     def current_generation(self, key: str) -> Generation:
         """The generation ``key`` has now (``NO_VALUE`` if missing), from metadata only."""
         check_key(key)
         self._record("stat", key)
-        return self._current_generation(key)
+        return self._guard("reading metadata of", key, self._current_generation, key)
 
     def read_into(self, key: str, buffer: Any) -> bool | None:
         """Fill the writable ``buffer`` with the whole object if its size is exactly
@@ -283,7 +312,12 @@ class KvStore(ABC):
         """
         if key not in _checked_keys:
             check_key(key)
-        got = self._read_into(key, buffer)
+        try:
+            got = self._read_into(key, buffer)
+        except PrecomputedError:
+            raise
+        except OSError as exc:
+            raise self._os_failure(exc, "reading", key) from exc
         if got is not False:
             self._record("read", key)
         return got
@@ -295,13 +329,19 @@ class KvStore(ABC):
         """Whole object and its generation (``NO_VALUE`` when missing)."""
         check_key(key)
         self._record("read", key)
-        return self._read_with_generation(key)
+        try:
+            return self._read_with_generation(key)
+        except PrecomputedError:
+            raise
+        except OSError as exc:
+            raise self._os_failure(exc, "reading", key) from exc
 
     def write(self, key: str, data: bytes) -> Generation:
         """Write unconditionally; returns the new generation."""
         self._check_writable(key)
         self._record("write", key)
-        return self._write(key, bytes(data) if not isinstance(data, bytes) else data)
+        data = bytes(data) if not isinstance(data, bytes) else data
+        return self._guard("writing", key, self._write, key, data)
 
     def write_conditional(
         self, key: str, data: bytes | None, if_generation: Generation
@@ -315,7 +355,7 @@ class KvStore(ABC):
         self._record("write" if data is not None else "delete", key)
         if data is not None and not isinstance(data, bytes):
             data = bytes(data)
-        return self._write_if(key, data, if_generation)
+        return self._guard("writing", key, self._write_if, key, data, if_generation)
 
     def write_if(self, key: str, data: bytes | None, if_generation: Generation) -> bool:
         """:meth:`write_conditional` answering only whether it wrote."""
@@ -325,7 +365,7 @@ class KvStore(ABC):
         """Delete one key; deleting a missing key is not an error."""
         self._check_writable(key)
         self._record("delete", key)
-        self._delete(key)
+        self._guard("deleting", key, self._delete, key)
 
     def delete_many(self, keys: Iterable[str]) -> None:
         keys = list(keys)
@@ -335,23 +375,39 @@ class KvStore(ABC):
             self._check_writable(k)
         for k in keys:
             self._record("delete", k)
-        self._delete_many(keys)
+        self._guard("deleting", _keys_of(keys), self._delete_many, keys)
 
     def delete_prefix(self, prefix: str) -> None:
         """Delete every key starting with ``prefix`` (``""``: the whole store)."""
         check_prefix(prefix)
         self._check_read_only(prefix or "*")
         self._record("delete", prefix + "*")
-        self._delete_prefix(prefix)
+        self._guard("deleting", prefix + "*", self._delete_prefix, prefix)
 
     def list(self, prefix: str = "") -> list[str]:
         """All keys starting with ``prefix``, sorted."""
         check_prefix(prefix)
         self._record("list", prefix)
-        return sorted(self._list(prefix))
+        return sorted(self._guard("listing", prefix + "*", self._list, prefix))
 
     def exists(self, key: str) -> bool:
         return self.read_range(key, 0, 0) is not None
+
+    def _os_failure(self, exc: OSError, op: str, key: str) -> PrecomputedError:
+        """A library error for an ``OSError`` a backend let through (local files: a
+        permission, a full disk, a file where a directory should be)."""
+        what = f"{op} {self.url}{key}"
+        if isinstance(exc, PermissionError):
+            return PermissionDeniedError(f"{what}: {exc.strerror or exc} ({exc.filename})")
+        return StorageError(f"{what}: {exc.strerror or exc} ({type(exc).__name__})")
+
+    def _guard(self, op: str, key: str, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except PrecomputedError:
+            raise
+        except OSError as exc:
+            raise self._os_failure(exc, op, key) from exc
 
     def _check_writable(self, key: str) -> None:
         check_key(key)

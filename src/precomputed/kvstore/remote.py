@@ -209,15 +209,28 @@ class RemoteKvStore(KvStore):
         return gen
 
     # -- reads ------------------------------------------------------------------------
-    def _check(self, resp: Response, kind: str, start: int, stop: int | None, rng: str | None) -> _Got | None:
-        """The checked outcome of one answer, None for "416: look at the size"."""
+    def _check(
+        self,
+        resp: Response,
+        kind: str,
+        start: int,
+        stop: int | None,
+        rng: str | None,
+        conditional: tuple[bool, bool] = (False, False),
+        what: str = "reading",
+    ) -> _Got | None:
+        """The checked outcome of one answer, None for "416: look at the size".
+        ``conditional``: whether a match / none-match precondition was sent (a 412 or
+        304 without one is a broken answer, never "missing")."""
         status = resp.status
         if status == 404:
             return _Got("missing", None, NO_VALUE)
-        if status == 412:
+        if status == 412 and conditional[0]:
             return _Got("changed", None, None)
-        if status == 304:
+        if status == 304 and conditional[1]:
             return _Got("unchanged", None, resp.generation)
+        if status in (304, 412):
+            raise StorageError(f"{what}: unexpected HTTP {status} to a request without preconditions")
         if status == 416:
             return None
         data = resp.data
@@ -281,7 +294,8 @@ class RemoteKvStore(KvStore):
 
             async def attempt(n: int) -> _Got | None:
                 resp = await self._get_once(key, rng, send_match, send_none)
-                return self._check(resp, kind, start, stop, rng)
+                sent = (send_match is not None, send_none is not None)
+                return self._check(resp, kind, start, stop, rng, sent, what)
 
             got, _ = await self._retry(what, attempt)
             if got is not None:

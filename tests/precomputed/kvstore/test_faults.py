@@ -320,3 +320,13 @@ def test_remote_auth_failures_say_how_to_give_credentials(remote: tuple[KvStore,
         store.read("k")
     with pytest.raises(PermissionDeniedError):
         store.write("k", b"x")
+
+
+def test_a_412_or_304_nobody_asked_for_is_an_error_not_a_missing_key(
+    store: KvStore, server: FaultServer
+) -> None:
+    for status in (412, 304):
+        server.heal()
+        server.inject("status", status=status, times=None)
+        with pytest.raises(StorageError, match=f"{server.url}/vol/k: unexpected HTTP {status}"):
+            store.read("k")
