@@ -4,10 +4,11 @@ A key is a non-empty string of ``/``-separated components, none of them empty, `
 ``..``, with no leading or trailing ``/``, no NUL and no backslash. Every public method
 of :class:`~precomputed.kvstore.KvStore` checks its keys here before any I/O, on every
 store (local files and memory included), so a key can neither resolve outside the
-store's root nor alias another key after normalisation. This is stricter than
-TensorStore 0.1.86, whose file and memory stores let ``..`` climb out of the root.
-Resolving ``..`` *inside* a volume (a scale key like ``../other``) is the metadata
-layer's job, before keys reach the store.
+store's root nor alias another key after normalisation. TensorStore 0.1.86's file store
+also rejects ``..`` components, but its memory store accepts them, and its precomputed
+driver resolves scale keys against the volume path first, so ``../../escape`` leaves the
+volume (docs/stores.md, "Keys"). Keeping a resolved scale key inside the *volume* is the
+metadata layer's job, before keys reach the store.
 """
 
 from __future__ import annotations
