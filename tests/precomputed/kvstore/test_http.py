@@ -246,3 +246,26 @@ class TestHttpKvStore:
         assert with_query.url == http_server.url + "/vol/?x=1"
         assert with_query.read("k") == DATA
         assert http_server.requests[-1][1] == "/vol/k?x=1"
+
+
+def test_an_unpinned_read_that_straddles_a_replacement_is_reread_from_one_version(
+    http_server: RangeServer,
+) -> None:
+    """Ranges of one call that came from two versions are never returned: the store
+    re-reads them, held to one version."""
+    import threading
+
+    http_server.put("/k", DATA)
+    store = open_kvstore(http_server.url + "/", concurrency=1)  # one range after the other
+    store.coalesce_gap = -1
+    http_server.latency = 0.2  # the first answer is made at ~0.2 s, the second at ~0.4 s
+    timer = threading.Timer(0.3, lambda: http_server.put("/k", OTHER))
+    timer.start()
+    try:
+        blobs, gens = store.read_ranges_pinned([("k", 0, 4), ("k", 500, 504)])
+    finally:
+        timer.cancel()
+    made = len(http_server.requests)
+    assert blobs == [OTHER[:4], OTHER[500:504]]
+    assert gens == {"k": store.read_with_generation("k")[1]}
+    assert made >= 4  # the mixed pair was not the answer: it was read again
