@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from precomputed.kvstore import FileKvStore, KvStore, MemoryKvStore, open_kvstore
-from servers import RangeServer
+from servers import FaultServer, RangeServer
 
 # The Neuroglancer web client harness: fixtures ``neuroglancer_client`` (session) and
 # ``ng`` (per test), and a hook saving debugging files when a test using ``ng`` fails.
@@ -179,6 +179,51 @@ def http_server(_http_server_session: RangeServer) -> Iterator[RangeServer]:
     _http_server_session.reset()
     yield _http_server_session
     _http_server_session.reset()
+
+
+# -- faults: FaultServer, and proxies in front of the GCS and S3 servers ------------------------
+
+
+@pytest.fixture(scope="session")
+def _fault_server_session() -> Iterator[FaultServer]:
+    with FaultServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+def fault_server(_fault_server_session: FaultServer) -> Iterator[FaultServer]:
+    """A RangeServer that misbehaves on request (``.inject(kind, ...)``), emptied."""
+    _fault_server_session.reset()
+    yield _fault_server_session
+    _fault_server_session.reset()
+
+
+@pytest.fixture(scope="session")
+def _gcs_proxy_session(gcs_url: str) -> Iterator[FaultServer]:
+    with FaultServer(upstream=gcs_url) as srv:
+        yield srv
+
+
+@pytest.fixture
+def gcs_proxy(_gcs_proxy_session: FaultServer) -> Iterator[FaultServer]:
+    """A fault-injecting reverse proxy in front of fake-gcs-server."""
+    _gcs_proxy_session.reset()
+    yield _gcs_proxy_session
+    _gcs_proxy_session.reset()
+
+
+@pytest.fixture(scope="session")
+def _s3_proxy_session(s3_url: str) -> Iterator[FaultServer]:
+    with FaultServer(upstream=s3_url) as srv:
+        yield srv
+
+
+@pytest.fixture
+def s3_proxy(_s3_proxy_session: FaultServer) -> Iterator[FaultServer]:
+    """A fault-injecting reverse proxy in front of moto."""
+    _s3_proxy_session.reset()
+    yield _s3_proxy_session
+    _s3_proxy_session.reset()
 
 
 # -- local stores ---------------------------------------------------------------------------

@@ -21,7 +21,11 @@ __all__ = [
     "OutOfRangeError",
     "UnimplementedError",
     "ConditionFailedError",
+    "GenerationChangedError",
     "ReadOnlyError",
+    "PermissionDeniedError",
+    "StorageError",
+    "UnavailableError",
 ]
 
 
@@ -73,5 +77,47 @@ class ConditionFailedError(PrecomputedError):
     """A conditional write lost a race: the object changed since it was read."""
 
 
+class GenerationChangedError(ConditionFailedError):
+    """A read pinned to a generation found the object changed (or gone).
+
+    Raised by :meth:`~precomputed.kvstore.KvStore.read_ranges_pinned`: no bytes of
+    another version were returned. ``changed`` maps each key that changed to
+    ``(expected, actual)`` generations (``expected`` is None when the caller pinned
+    nothing and the object kept changing during the read; ``actual`` is None when the
+    server only said "differs"); ``key``/``expected``/``actual`` are the first of them.
+    ``results`` holds what the call read for the other keys, as the call would have
+    returned it (``None`` in the slots of changed keys), so a caller can re-read only
+    the changed ones.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        changed: dict[str, tuple[str | None, str | None]],
+        results: tuple[list[bytes | None], dict[str, str]] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.changed = changed
+        self.key, (self.expected, self.actual) = next(iter(changed.items()))
+        self.results = results
+
+
 class ReadOnlyError(PrecomputedError, PermissionError):
     """Writing to a store that cannot be written (e.g. HTTP)."""
+
+
+class PermissionDeniedError(PrecomputedError, PermissionError):
+    """The server refused the credentials given, or their absence (HTTP 401/403;
+    TensorStore PERMISSION_DENIED/UNAUTHENTICATED). The message says how to give
+    credentials or use anonymous access."""
+
+
+class StorageError(PrecomputedError, OSError):
+    """A store operation failed for a reason none of the other classes describe: an
+    unexpected HTTP status, a malformed response (TensorStore UNKNOWN/INTERNAL)."""
+
+
+class UnavailableError(StorageError, ConnectionError):
+    """A transient failure (connection error, reset, truncated body, timeout, HTTP
+    408/429/5xx) that outlived its retries or their time budget (TensorStore
+    UNAVAILABLE/DEADLINE_EXCEEDED)."""

@@ -6,6 +6,14 @@ take an exclusive ``flock`` on it, check the generation if asked to, write the n
 complete old or complete new file, nothing is left behind on success, and a lock file
 left by a crash is harmlessly reused (truncated) by the next writer. This is the same
 scheme TensorStore's file driver uses, so the two can write one volume side by side.
+
+Generations are ``"<mtime_ns>:<inode>:<size>"``, taken by ``fstat`` on the very file
+descriptor the bytes are read from: writers never modify a file in place (they rename a
+new inode over it), so an open descriptor's bytes and its stat always match. Because
+the kernel reuses freed inode numbers at once and file times tick coarsely (a few ms),
+two quick writes of equal size could otherwise produce equal generations (ABA); so each
+writer sets the new file's mtime, under the lock, strictly above the mtime of the file
+it replaces.
 """
 
 from __future__ import annotations
@@ -13,14 +21,14 @@ from __future__ import annotations
 import os
 import stat
 import threading
+import time
 from collections.abc import Iterable
 from contextlib import nullcontext
 from typing import Any
 from urllib.parse import quote
 
 from ..errors import InvalidArgumentError
-from .base import NO_VALUE, Generation, KvStore
-from .keys import check_key
+from .base import NO_VALUE, Generation, KvStore, RangeRequest
 
 try:
     import fcntl
@@ -71,6 +79,33 @@ def _generation(st: os.stat_result) -> Generation:
     return f"{st.st_mtime_ns}:{st.st_ino}:{st.st_size}"
 
 
+def _stat_generation(path: str) -> Generation:
+    """The generation of the file at ``path`` now (``NO_VALUE``: missing or a directory)."""
+    try:
+        st = os.stat(path)
+    except _MISSING:
+        return NO_VALUE
+    return NO_VALUE if stat.S_ISDIR(st.st_mode) else _generation(st)
+
+
+_UTIME_FD = os.utime in os.supports_fd
+#: Steps tried when the filesystem stores coarser times than nanoseconds.
+_MTIME_STEPS = (1, 1_000, 1_000_000, 1_000_000_000, 2_000_000_000)
+
+
+def _stamp_mtime(fd: int, path: str, floor_ns: int) -> os.stat_result:
+    """Give the file open as ``fd`` an mtime above ``floor_ns`` (the replaced file's),
+    so its generation differs from every earlier one of the key; returns its stat."""
+    target = time.time_ns()
+    for step in _MTIME_STEPS:
+        target = max(target, floor_ns + step)
+        os.utime(fd if _UTIME_FD else path, ns=(target, target))
+        st = os.fstat(fd)
+        if st.st_mtime_ns > floor_ns:
+            return st
+    return st
+
+
 class FileKvStore(KvStore):
     """Store rooted at a local directory. ``fsync=True`` also makes writes durable."""
 
@@ -105,9 +140,11 @@ class FileKvStore(KvStore):
     def _path(self, key: str) -> str:
         path = self._paths.get(key)
         if path is None:
-            check_key(key)
+            # The key rule itself was checked by the public method (keys.check_key).
             if key.endswith(LOCK_SUFFIX):
                 raise InvalidArgumentError(f"invalid key {key!r}: {LOCK_SUFFIX!r} is reserved")
+            if os.name == "nt" and ":" in key:
+                raise InvalidArgumentError(f"invalid key {key!r}: ':' names a drive or stream")
             if len(self._paths) >= _PATH_MEMO:
                 self._paths.clear()
             path = self._paths[key] = os.path.join(self.root, key.replace("/", os.sep))
@@ -205,6 +242,61 @@ class FileKvStore(KvStore):
         except _MISSING:
             return None, NO_VALUE
 
+    def _pinned_of(
+        self, key: str, ranges: list[tuple[int, int | None]], pin: Generation | None
+    ) -> tuple[list[bytes | None], Generation, bool]:
+        """Ranges of one file through one descriptor, with the generation ``fstat`` of
+        that descriptor reports; the last item is False when ``pin`` differs."""
+        try:
+            fd = os.open(self._path(key), os.O_RDONLY | _O_CLOEXEC | _O_BINARY)
+        except _MISSING:
+            return [None] * len(ranges), NO_VALUE, pin in (None, NO_VALUE)
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                return [None] * len(ranges), NO_VALUE, pin in (None, NO_VALUE)
+            gen = _generation(st)
+            if pin is not None and pin != gen:
+                return [None] * len(ranges), gen, False
+            size = st.st_size
+            out: list[bytes | None] = []
+            for start, stop in ranges:
+                a, b, _ = slice(start, stop).indices(size)
+                out.append(_pread_all(fd, b - a, a) if b > a else b"")
+            return out, gen, True
+        finally:
+            os.close(fd)
+
+    def _read_ranges_pinned(
+        self, requests: list[RangeRequest], pins: dict[str, Generation]
+    ) -> tuple[list[bytes | None], dict[str, Generation], dict[str, Generation | None]]:
+        by_key: dict[str, list[int]] = {}
+        for i, (k, _, _) in enumerate(requests):
+            by_key.setdefault(k, []).append(i)
+        out: list[bytes | None] = [None] * len(requests)
+        gens: dict[str, Generation] = {}
+        changed: dict[str, Generation | None] = {}
+        for k, idx in by_key.items():
+            blobs, gen, ok = self._pinned_of(k, [requests[i][1:] for i in idx], pins.get(k))
+            if not ok:
+                changed[k] = gen
+                continue
+            gens[k] = gen
+            for i, blob in zip(idx, blobs, strict=True):
+                out[i] = blob
+        return out, gens, changed
+
+    def _read_if_changed(
+        self, key: str, generation: Generation
+    ) -> tuple[bytes | None, Generation] | None:
+        if _stat_generation(self._path(key)) == generation:
+            return None  # one stat: no open, no read
+        data, gen = self._read_with_generation(key)
+        return None if gen == generation else (data, gen)
+
+    def _current_generation(self, key: str) -> Generation:
+        return _stat_generation(self._path(key))
+
     # -- writes ---------------------------------------------------------------------
     def _acquire(self, lock_path: str) -> int:
         """Open and exclusively lock ``lock_path``; returns the fd. Retries when another
@@ -228,37 +320,45 @@ class FileKvStore(KvStore):
                 return fd
             os.close(fd)
 
-    def _commit(self, key: str, data: bytes | None, expect: Generation | None) -> bool:
+    def _commit(self, key: str, data: bytes | None, expect: Generation | None) -> Generation | None:
+        """Write or delete under the key's lock; the new generation (``NO_VALUE`` after a
+        delete), or None when ``expect`` is given and no longer current."""
         path = self._path(key)
         lock_path = path + LOCK_SUFFIX
         with _process_lock if fcntl is None else nullcontext():
             fd = self._acquire(lock_path)
             renamed = False
             try:
+                # Only writers holding this lock replace the file: its stat now is the
+                # generation every reader of the current version has seen.
+                try:
+                    current_st: os.stat_result | None = os.stat(path)
+                except _MISSING:
+                    current_st = None
+                if current_st is not None and stat.S_ISDIR(current_st.st_mode):
+                    current_st = None
                 if expect is not None:
-                    try:
-                        current = _generation(os.stat(path))
-                    except _MISSING:
-                        current = NO_VALUE
+                    current = NO_VALUE if current_st is None else _generation(current_st)
                     if current != expect:
-                        return False
+                        return None
                 if data is None:
                     try:
                         os.unlink(path)
                     except FileNotFoundError:
                         pass
-                    return True
+                    return NO_VALUE
                 os.ftruncate(fd, 0)  # a lock file left by a crash may hold stale bytes
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view) :]
+                st = _stamp_mtime(fd, lock_path, 0 if current_st is None else current_st.st_mtime_ns)
                 if self.fsync:
                     os.fsync(fd)
-                os.replace(lock_path, path)
+                os.replace(lock_path, path)  # keeps the inode and its mtime
                 renamed = True
                 if self.fsync:
                     _fsync_dir(os.path.dirname(path))
-                return True
+                return _generation(st)
             finally:
                 # Unlink before unlocking, so a waiter sees its inode is stale and retries.
                 if not renamed:
@@ -268,10 +368,14 @@ class FileKvStore(KvStore):
                         pass
                 os.close(fd)
 
-    def _write(self, key: str, data: bytes) -> None:
-        self._commit(key, data, None)
+    def _write(self, key: str, data: bytes) -> Generation:
+        gen = self._commit(key, data, None)
+        assert gen is not None  # unconditional writes always succeed
+        return gen
 
-    def _write_if(self, key: str, data: bytes | None, if_generation: Generation) -> bool:
+    def _write_if(
+        self, key: str, data: bytes | None, if_generation: Generation
+    ) -> Generation | None:
         return self._commit(key, data, if_generation)
 
     def _delete(self, key: str) -> None:

@@ -1,42 +1,35 @@
-"""The base of the network stores: a key-value store over an fsspec filesystem.
+"""A key-value store over any other fsspec filesystem (best effort).
 
 All I/O goes through the filesystem's coroutines on fsspec's I/O loop, so batch reads
 are one ``asyncio.gather`` bounded by a semaphore rather than a thread per request.
-Synchronous filesystems are wrapped with fsspec's ``AsyncFileSystemWrapper``. The GCS,
-S3 and HTTP stores (:mod:`.gcs`, :mod:`.s3`, :mod:`.http`) refine it.
+Synchronous filesystems are wrapped with fsspec's ``AsyncFileSystemWrapper``. fsspec
+offers no versions, preconditions or status codes, so generations are content hashes,
+pinned reads and revalidation read whole objects (:attr:`pinned_reads` holds: a whole
+object is one version), conditional writes are check-then-write under a process lock,
+and there are no retries. The GCS, S3 and HTTP stores (:mod:`.gcs`, :mod:`.s3`,
+:mod:`.http`) do all of that properly, on :mod:`.remote`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import threading
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, TypeVar
+from collections.abc import Iterable
+from typing import Any
 
-import fsspec.asyn
 from fsspec import AbstractFileSystem
 
-from ..errors import InvalidArgumentError
-from .base import NO_VALUE, Generation, KvStore, RangeRequest
-from .keys import check_key
+from .base import Generation, KvStore, RangeRequest
+from .remote import RemoteKvStore, hash_generation
 
 __all__ = ["FsspecKvStore", "hash_generation"]
-
-T = TypeVar("T")
-
-
-def hash_generation(data: bytes | None) -> Generation:
-    # Backends without a native version token: a content hash is a safe generation,
-    # because rewriting identical bytes (ABA) cannot lose anyone's update.
-    return NO_VALUE if data is None else "h" + hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 def _positive_range(start: int, stop: int | None) -> bool:
     return start >= 0 and (stop is None or stop >= 0)
 
 
-class FsspecKvStore(KvStore):
+class FsspecKvStore(RemoteKvStore):
     """A store rooted at directory ``root`` of any fsspec filesystem.
 
     ``root`` is in the filesystem's own path form (``bucket/dir`` for object stores,
@@ -47,6 +40,8 @@ class FsspecKvStore(KvStore):
 
     #: TensorStore driver name reported by :meth:`spec`.
     driver: str = "fsspec"
+    conditional_writes = False
+    cheap_revalidation = False
 
     def __init__(
         self,
@@ -56,15 +51,9 @@ class FsspecKvStore(KvStore):
         concurrency: int | None = None,
         read_only: bool | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(concurrency=concurrency, read_only=read_only)
         self.fs = fs
         self.root = root.rstrip("/")
-        if concurrency is not None:
-            if concurrency < 1:
-                raise InvalidArgumentError(f"concurrency must be >= 1, got {concurrency}")
-            self.concurrency = concurrency
-        if read_only is not None:
-            self.read_only = read_only
         self._cas_lock = threading.Lock()
 
     # -- naming ---------------------------------------------------------------------
@@ -73,7 +62,7 @@ class FsspecKvStore(KvStore):
         return f"{self.root}/"
 
     def _path(self, key: str) -> str:
-        return self._base + check_key(key)
+        return self._base + key
 
     @property
     def url(self) -> str:
@@ -100,18 +89,9 @@ class FsspecKvStore(KvStore):
             self.__dict__["_afs_cache"] = afs
         return afs
 
-    def _run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-        return fsspec.asyn.sync(self._afs.loop, fn, *args)
-
-    async def _bounded(self, coros: list[Awaitable[T]]) -> list[T]:
-        # One semaphore per batch: at most `concurrency` requests in flight.
-        sem = asyncio.Semaphore(self.concurrency)
-
-        async def one(c: Awaitable[T]) -> T:
-            async with sem:
-                return await c
-
-        return list(await asyncio.gather(*(one(c) for c in coros)))
+    @property
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        return self._afs.loop
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -124,13 +104,13 @@ class FsspecKvStore(KvStore):
         self._cas_lock = threading.Lock()
 
     # -- async primitives (subclasses refine these) --------------------------------
-    async def _a_cat(self, path: str, start: int | None, stop: int | None) -> bytes:
+    async def _f_cat(self, path: str, start: int | None, stop: int | None) -> bytes:
         """Raw fetch; raises FileNotFoundError for a missing object."""
         if start is None and stop is None:
             return await self._afs._cat_file(path)
         return await self._afs._cat_file(path, start=start, end=stop)
 
-    async def _a_size(self, path: str) -> int | None:
+    async def _f_size(self, path: str) -> int | None:
         """Size of the object at ``path``, None if it does not exist (or is a directory)."""
         try:
             info = await self._afs._info(path)
@@ -141,26 +121,26 @@ class FsspecKvStore(KvStore):
         size = info.get("size")
         return None if size is None else int(size)
 
-    async def _a_read(self, path: str) -> bytes | None:
+    async def _f_read(self, path: str) -> bytes | None:
         try:
-            return await self._a_cat(path, None, None)
+            return await self._f_cat(path, None, None)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             return None
 
-    async def _a_read_range(self, path: str, start: int, stop: int | None) -> bytes | None:
+    async def _f_read_range(self, path: str, start: int, stop: int | None) -> bytes | None:
         if start == 0 and stop is None:
-            return await self._a_read(path)
+            return await self._f_read(path)
         if _positive_range(start, stop) and stop is not None and stop <= start:
             # Empty request: no byte-range header can express it, so just check existence.
-            return None if await self._a_size(path) is None else b""
+            return None if await self._f_size(path) is None else b""
         try:
-            out = await self._a_cat(path, start, stop)
+            out = await self._f_cat(path, start, stop)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             return None
         except Exception:
             # GCS/HTTP answer 416 and S3 InvalidRange for start >= size; each surfaces as
             # a different exception type, so decide from the object's size instead.
-            size = await self._a_size(path)
+            size = await self._f_size(path)
             if size is None:
                 return None
             if start >= size:
@@ -170,7 +150,7 @@ class FsspecKvStore(KvStore):
             out = out[start:stop]  # the server ignored Range and sent the whole object
         return out
 
-    async def _a_delete(self, path: str) -> None:
+    async def _f_delete(self, path: str) -> None:
         try:
             await self._afs._rm_file(path)
         except FileNotFoundError:
@@ -178,16 +158,16 @@ class FsspecKvStore(KvStore):
 
     # -- KvStore hooks ----------------------------------------------------------------
     def _read(self, key: str) -> bytes | None:
-        return self._run(self._a_read, self._path(key))
+        return self._run(self._f_read, self._path(key))
 
     def _read_range(self, key: str, start: int, stop: int | None) -> bytes | None:
-        return self._run(self._a_read_range, self._path(key), start, stop)
+        return self._run(self._f_read_range, self._path(key), start, stop)
 
     def _read_many(self, keys: list[str]) -> list[bytes | None]:
         paths = [self._path(k) for k in keys]
 
         async def batch() -> list[bytes | None]:
-            return await self._bounded([self._a_read(p) for p in paths])
+            return await self._bounded([self._f_read(p) for p in paths])
 
         return self._run(batch)
 
@@ -195,7 +175,7 @@ class FsspecKvStore(KvStore):
         reqs = [(self._path(k), a, b) for k, a, b in requests]
 
         async def batch() -> list[bytes | None]:
-            return await self._bounded([self._a_read_range(*r) for r in reqs])
+            return await self._bounded([self._f_read_range(*r) for r in reqs])
 
         return self._run(batch)
 
@@ -203,28 +183,35 @@ class FsspecKvStore(KvStore):
         data = self._read(key)
         return data, hash_generation(data)
 
-    def _write(self, key: str, data: bytes) -> None:
-        self._run(self._afs._pipe_file, self._path(key), data)
+    # The hooks of KvStore's own generation defaults (whole reads), not RemoteKvStore's.
+    _read_ranges_pinned = KvStore._read_ranges_pinned
+    _read_if_changed = KvStore._read_if_changed
+    _current_generation = KvStore._current_generation
 
-    def _write_if(self, key: str, data: bytes | None, if_generation: Generation) -> bool:
+    def _write(self, key: str, data: bytes) -> Generation:
+        self._run(self._afs._pipe_file, self._path(key), data)
+        return hash_generation(data)
+
+    def _write_if(
+        self, key: str, data: bytes | None, if_generation: Generation
+    ) -> Generation | None:
         # Best effort only: atomic against threads of this process, not other writers.
         with self._cas_lock:
             if self._read_with_generation(key)[1] != if_generation:
-                return False
+                return None
             if data is None:
                 self._delete(key)
-            else:
-                self._write(key, data)
-            return True
+                return hash_generation(None)
+            return self._write(key, data)
 
     def _delete(self, key: str) -> None:
-        self._run(self._a_delete, self._path(key))
+        self._run(self._f_delete, self._path(key))
 
     def _delete_many(self, keys: list[str]) -> None:
         paths = [self._path(k) for k in keys]
 
         async def batch() -> None:
-            await self._bounded([self._a_delete(p) for p in paths])
+            await self._bounded([self._f_delete(p) for p in paths])
 
         self._run(batch)
 

@@ -15,8 +15,7 @@ from typing import Any
 
 from fsspec.implementations.memory import MemoryFile, MemoryFileSystem
 
-from .base import NO_VALUE, Generation, KvStore
-from .keys import check_key
+from .base import NO_VALUE, Generation, KvStore, RangeRequest
 
 __all__ = ["MemoryKvStore"]
 
@@ -62,7 +61,7 @@ class MemoryKvStore(KvStore):
         return f"MemoryKvStore({self.url!r})"
 
     def _file(self, key: str) -> MemoryFile | None:
-        return self.fs.store.get(self._base + check_key(key))
+        return self.fs.store.get(self._base + key)  # keys were checked by the public method
 
     def _read(self, key: str) -> bytes | None:
         f = self._file(key)
@@ -87,30 +86,71 @@ class MemoryKvStore(KvStore):
             return None, NO_VALUE
         return f.getvalue(), _generation(f)
 
-    def _put(self, key: str, data: bytes) -> None:
-        path = self._base + check_key(key)
+    # Every write stores a new MemoryFile, so one file object is one generation: ranges
+    # taken from the object fetched once are all of that generation.
+    def _read_ranges_pinned(
+        self, requests: list[RangeRequest], pins: dict[str, Generation]
+    ) -> tuple[list[bytes | None], dict[str, Generation], dict[str, Generation | None]]:
+        files: dict[str, MemoryFile | None] = {}
+        gens: dict[str, Generation] = {}
+        changed: dict[str, Generation | None] = {}
+        for k, _, _ in requests:
+            if k not in files:
+                f = files[k] = self._file(k)
+                gen = NO_VALUE if f is None else _generation(f)
+                if k in pins and pins[k] != gen:
+                    changed[k] = gen
+                else:
+                    gens[k] = gen
+        out: list[bytes | None] = []
+        for k, a, b in requests:
+            f = files[k]
+            if f is None or k in changed:
+                out.append(None)
+            else:
+                with f.getbuffer() as view:
+                    out.append(bytes(view[a:b]))
+        return out, gens, changed
+
+    def _read_if_changed(
+        self, key: str, generation: Generation
+    ) -> tuple[bytes | None, Generation] | None:
+        f = self._file(key)
+        gen = NO_VALUE if f is None else _generation(f)
+        if gen == generation:
+            return None
+        return (None if f is None else f.getvalue()), gen
+
+    def _current_generation(self, key: str) -> Generation:
+        f = self._file(key)
+        return NO_VALUE if f is None else _generation(f)
+
+    def _put(self, key: str, data: bytes) -> Generation:
+        path = self._base + key
         f = MemoryFile(self.fs, path, data)
-        f._kv_generation = str(next(_generations))
+        gen = f._kv_generation = str(next(_generations))
         self.fs.store[path] = f
+        return gen
 
-    def _write(self, key: str, data: bytes) -> None:
+    def _write(self, key: str, data: bytes) -> Generation:
         with _lock:
-            self._put(key, data)
+            return self._put(key, data)
 
-    def _write_if(self, key: str, data: bytes | None, if_generation: Generation) -> bool:
+    def _write_if(
+        self, key: str, data: bytes | None, if_generation: Generation
+    ) -> Generation | None:
         with _lock:
             f = self._file(key)
             if (NO_VALUE if f is None else _generation(f)) != if_generation:
-                return False
+                return None
             if data is None:
                 self.fs.store.pop(self._base + key, None)
-            else:
-                self._put(key, data)
-            return True
+                return NO_VALUE
+            return self._put(key, data)
 
     def _delete(self, key: str) -> None:
         with _lock:
-            self.fs.store.pop(self._base + check_key(key), None)
+            self.fs.store.pop(self._base + key, None)
 
     def _list(self, prefix: str) -> Iterable[str]:
         start = self._base + prefix

@@ -17,6 +17,7 @@ from .file import FileKvStore
 from .gcs import GcsKvStore
 from .http import HttpKvStore
 from .memory import MemoryKvStore
+from .retry import RetryPolicy, Timeouts
 from .s3 import S3KvStore
 from .url import kvstore_spec_from_url
 
@@ -51,8 +52,18 @@ def open_kvstore(spec_or_url: Any, **storage_options: Any) -> KvStore:
     ``memory://x/``, ``gs://bucket/p``, ``s3://bucket/p``, ``http(s)://host/p``, each
     optionally with ``precomputed://`` in front). ``storage_options`` go to
     the fsspec filesystem (``token``, ``endpoint_url``, ``key``/``secret``, ...), on top of
-    ``fsspec.config.conf``; ``concurrency`` sets the store's batch concurrency, and
-    ``fsync`` the file store's durability. A :class:`KvStore` is returned unchanged.
+    ``fsspec.config.conf``, except the store's own:
+
+    * ``concurrency``: requests in flight per batch call;
+    * ``fsync``: the file store's durability;
+    * ``retries``: the network stores' :class:`.retry.RetryPolicy`, or a dict of its
+      members (``max_retries``, ``initial_delay``, ``max_delay``, ``total_timeout``;
+      durations in seconds or as ``"250ms"``). Overrides the spec's
+      ``gcs_request_retries``/``s3_request_retries``/``http_request_retries`` (inline or
+      under ``context``), which take TensorStore's members;
+    * ``connect_timeout``, ``read_timeout``: seconds per attempt (:class:`.retry.Timeouts`).
+
+    A :class:`KvStore` is returned unchanged.
     """
     if isinstance(spec_or_url, KvStore):
         return spec_or_url
@@ -83,6 +94,7 @@ def _open_spec(spec: dict[str, Any], options: dict[str, Any]) -> KvStore:
     if not isinstance(path, str):
         raise InvalidArgumentError(f"kvstore 'path' must be a string, got {path!r}")
     concurrency = options.pop("concurrency", None)
+    remote = _remote_options(driver, spec, options)
 
     if driver == "file":
         if not path:
@@ -95,16 +107,24 @@ def _open_spec(spec: dict[str, Any], options: dict[str, Any]) -> KvStore:
         return MemoryKvStore(path, concurrency=concurrency)
     if driver == "gcs":
         bucket = _bucket(spec, driver)
-        return GcsKvStore(_gcs_filesystem(options), bucket, path, concurrency=concurrency)
+        return GcsKvStore(
+            _gcs_filesystem(options), bucket, path, concurrency=concurrency, **remote
+        )
     if driver == "s3":
         bucket = _bucket(spec, driver)
         endpoint = spec.get("endpoint")
         region = spec.get("aws_region")
-        fs = _s3_filesystem(options, endpoint, region)
+        fs = _s3_filesystem(options, endpoint, region, remote["timeouts"])
         if endpoint is None:  # report a custom endpoint given as an fsspec option
             endpoint = getattr(fs, "endpoint_url", None) or fs.client_kwargs.get("endpoint_url")
         return S3KvStore(
-            fs, bucket, path, endpoint=endpoint, aws_region=region, concurrency=concurrency
+            fs,
+            bucket,
+            path,
+            endpoint=endpoint,
+            aws_region=region,
+            concurrency=concurrency,
+            **remote,
         )
     # http
     base_url = spec.get("base_url")
@@ -113,8 +133,40 @@ def _open_spec(spec: dict[str, Any], options: dict[str, Any]) -> KvStore:
     if "headers" in spec:
         options.setdefault("headers", _headers(spec["headers"]))
     return HttpKvStore(
-        fsspec.filesystem("http", **options), _join_http(base_url, path), concurrency=concurrency
+        fsspec.filesystem("http", **options),
+        _join_http(base_url, path),
+        concurrency=concurrency,
+        **remote,
     )
+
+
+def _remote_options(driver: str, spec: Mapping[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    """The retry policy and timeouts of a network store (popped from ``options``)."""
+    given = options.pop("retries", None)
+    connect = options.pop("connect_timeout", None)
+    read = options.pop("read_timeout", None)
+    if driver not in ("gcs", "s3", "http"):
+        return {}
+    name = f"{driver}_request_retries"
+    policy = RetryPolicy()
+    context = spec.get("context") or {}
+    if not isinstance(context, Mapping):
+        raise InvalidArgumentError(f"kvstore 'context' must be an object, got {context!r}")
+    member = spec.get(name)
+    if isinstance(member, str):  # a reference to a context resource: "name" or "name#id"
+        member = context.get(member)
+    elif member is None:
+        member = context.get(name)
+    if member is not None:
+        policy = RetryPolicy.from_json(member, name, extensions=False)
+    if given is not None:
+        policy = RetryPolicy.from_json(given, "retries", base=policy)
+    defaults = Timeouts()
+    timeouts = Timeouts(
+        connect=defaults.connect if connect is None else connect,
+        read=defaults.read if read is None else read,
+    )
+    return {"retries": policy, "timeouts": timeouts}
 
 
 def _bucket(spec: Mapping[str, Any], driver: str) -> str:
@@ -180,10 +232,18 @@ def _have_google_credentials() -> bool:
     return os.path.isfile(os.path.join(config_dir, "application_default_credentials.json"))
 
 
-def _s3_filesystem(options: dict[str, Any], endpoint: str | None, region: str | None) -> Any:
+def _s3_filesystem(
+    options: dict[str, Any], endpoint: str | None, region: str | None, timeouts: Timeouts
+) -> Any:
     from s3fs import S3FileSystem
 
     conf = _conf("s3", "s3a")
+    # The store retries (and bounds the time); botocore must not retry underneath it.
+    config = dict(options.get("config_kwargs") or conf.get("config_kwargs") or {})
+    config.setdefault("retries", {"total_max_attempts": 1})
+    config.setdefault("connect_timeout", timeouts.connect)
+    config.setdefault("read_timeout", timeouts.read)
+    options["config_kwargs"] = config
     if endpoint is not None:
         options.setdefault("endpoint_url", endpoint)
     if region is not None:

@@ -1,40 +1,67 @@
-"""Amazon S3 (and compatible servers) through s3fs, with conditional PutObject."""
+"""Amazon S3 (and compatible servers) over aiobotocore, the client of an s3fs filesystem.
+
+Requests go to the botocore client directly (s3fs's wrappers retry on their own and map
+errors to bare ``OSError``\\ s): GetObject with ``Range``, ``IfMatch`` (pinned reads) and
+``IfNoneMatch`` (revalidation, 304), HeadObject, PutObject with ``IfMatch`` /
+``IfNoneMatch='*'`` (conditional writes; AWS since 2024, moto), DeleteObject with
+``IfMatch``, ListObjectsV2. botocore's own retries are turned off when this module's
+``open_kvstore`` builds the filesystem (``retries: total_max_attempts=1``), so the
+store's policy is the only one. Generations are ETags.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fsspec import AbstractFileSystem
 
-from ..errors import InvalidArgumentError
+from ..errors import (
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    StorageError,
+    UnavailableError,
+)
 from .base import NO_VALUE, Generation
-from .fsspec import FsspecKvStore
-from .keys import check_key
+from .remote import RemoteKvStore, Response
+from .retry import TRANSIENT_STATUS, Transient
 
 __all__ = ["S3KvStore"]
 
+_TRANSIENT_CODES = {
+    "RequestTimeout",
+    "RequestTimeoutException",
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "InternalError",
+    "ServiceUnavailable",
+    "ConditionalRequestConflict",  # a concurrent conditional write: ask again
+}
+#: User metadata naming the conditional write that stored an object.
+_TOKEN = "precomputed-write"
+_AUTH_CODES = {
+    "AccessDenied",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "InvalidToken",
+    "AllAccessDisabled",
+}
 
-def _is_precondition_failure(exc: BaseException) -> bool:
-    """True when ``exc`` (or what it wraps) is S3's 412 PreconditionFailed or 409
-    ConditionalRequestConflict (a concurrent conditional write won)."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        response = getattr(seen, "response", None)
-        if isinstance(response, dict):
-            code = response.get("Error", {}).get("Code")
-            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (412, 409):
-                return True
-        seen = seen.__cause__ or seen.__context__
-    return False
 
-
-class S3KvStore(FsspecKvStore):
-    """S3 via s3fs. Generations are ETags; ``write_if`` uses ``IfMatch`` /
-    ``IfNoneMatch='*'`` on PutObject (supported by AWS since 2024 and by moto)."""
+class S3KvStore(RemoteKvStore):
+    """S3 bucket ``bucket`` under ``path``; ``fs`` is an s3fs ``S3FileSystem`` (its
+    endpoint, credentials and client are used)."""
 
     driver = "s3"
-    conditional_writes = True
+    auth_hint = (
+        "Give AWS credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile in "
+        "~/.aws, or storage_options={'key': ..., 'secret': ...}); for a public bucket use "
+        "anonymous access: storage_options={'anon': True}. Without s3:ListBucket, S3 "
+        "answers 403 instead of 404 for missing keys."
+    )
 
     def __init__(
         self,
@@ -48,11 +75,16 @@ class S3KvStore(FsspecKvStore):
     ) -> None:
         if not bucket or "/" in bucket:
             raise InvalidArgumentError(f"invalid S3 bucket name {bucket!r}")
+        super().__init__(**kwargs)
+        self.fs = fs
         self.bucket = bucket
         self.prefix = path.strip("/")
         self.endpoint = endpoint
         self.aws_region = aws_region
-        super().__init__(fs, f"{bucket}/{self.prefix}" if self.prefix else bucket, **kwargs)
+
+    @property
+    def _base(self) -> str:
+        return f"{self.bucket}/{self.prefix}/" if self.prefix else f"{self.bucket}/"
 
     @property
     def url(self) -> str:
@@ -68,61 +100,168 @@ class S3KvStore(FsspecKvStore):
             out["aws_region"] = self.aws_region
         return out
 
+    def __repr__(self) -> str:
+        return f"S3KvStore({self.url!r})"
+
     def _object(self, key: str) -> str:
-        check_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
 
-    async def _a_cat(self, path: str, start: int | None, stop: int | None) -> bytes:
-        if start is None and stop is None:
-            # s3fs otherwise sends a HEAD first to decide on a parallel download.
-            return await self._afs._cat_file(path, max_concurrency=1)
-        return await self._afs._cat_file(path, start=start, end=stop)
+    @property
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        return self.fs.loop
 
-    async def _a_read_with_generation(self, key: str) -> tuple[bytes | None, Generation]:
-        try:
-            resp = await self._afs._call_s3("get_object", Bucket=self.bucket, Key=self._object(key))
-        except FileNotFoundError:
-            return None, NO_VALUE
-        try:
-            data = await resp["Body"].read()
-        finally:
-            resp["Body"].close()
-        return data, resp["ETag"]
+    async def _call(self, op: str, what: str, **kwargs: Any) -> tuple[int, dict[str, Any]]:
+        """One client call: ``(HTTP status, response)``; 304/404/412/416 come back as
+        statuses (with the error response), the rest as library errors or Transient."""
+        import botocore.exceptions as bce
 
-    def _read_with_generation(self, key: str) -> tuple[bytes | None, Generation]:
-        return self._run(self._a_read_with_generation, key)
-
-    async def _a_etag(self, key: str) -> Generation:
+        fs: Any = self.fs
         try:
-            head = await self._afs._call_s3(
-                "head_object", Bucket=self.bucket, Key=self._object(key)
-            )
-        except FileNotFoundError:
-            return NO_VALUE
-        return head["ETag"]
-
-    async def _a_write_if(self, key: str, data: bytes | None, if_generation: Generation) -> bool:
-        fs = self._afs
-        obj = self._object(key)
-        cond = {"IfNoneMatch": "*"} if if_generation == NO_VALUE else {"IfMatch": if_generation}
-        try:
-            if data is None:
-                if if_generation == NO_VALUE:
-                    return await self._a_etag(key) == NO_VALUE
-                if await self._a_etag(key) != if_generation:
-                    return False
-                await fs._call_s3("delete_object", Bucket=self.bucket, Key=obj, **cond)
-            else:
-                await fs._call_s3("put_object", Bucket=self.bucket, Key=obj, Body=data, **cond)
-            return True
-        except FileNotFoundError:
-            return False
+            client = await fs.set_session()
+            resp = await getattr(client, op)(Bucket=self.bucket, **kwargs)
+            if "Body" in resp:
+                body = resp["Body"]
+                try:
+                    resp["Body"] = await body.read()
+                finally:
+                    body.close()
+        except bce.ClientError as exc:
+            return self._client_error(exc, what)
+        except (bce.NoCredentialsError, bce.PartialCredentialsError) as exc:
+            raise PermissionDeniedError(f"{what}: {exc}. {self.auth_hint}") from exc
+        except bce.ParamValidationError as exc:
+            raise InvalidArgumentError(f"{what}: {exc}") from exc
+        except (bce.HTTPClientError, bce.ConnectionError, bce.IncompleteReadError) as exc:
+            raise _transport(exc) from exc
         except Exception as exc:
-            if _is_precondition_failure(exc):
-                return False
-            raise
-        finally:
-            fs.invalidate_cache(self._path(key))
+            import aiohttp
 
-    def _write_if(self, key: str, data: bytes | None, if_generation: Generation) -> bool:
-        return self._run(self._a_write_if, key, data, if_generation)
+            if isinstance(exc, (aiohttp.ClientError, asyncio.TimeoutError, OSError)):
+                raise _transport(exc) from exc
+            if isinstance(exc, bce.BotoCoreError):
+                raise StorageError(f"{what}: {type(exc).__name__}: {exc}") from exc
+            raise
+        return int(resp.get("ResponseMetadata", {}).get("HTTPStatusCode", 200)), resp
+
+    def _client_error(self, exc: Any, what: str) -> tuple[int, dict[str, Any]]:
+        response = exc.response or {}
+        error = response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        if code == "NoSuchBucket":
+            raise NotFoundError(f"{what}: the bucket {self.bucket!r} does not exist") from exc
+        if status in (304, 404, 412, 416) or code in ("304", "NoSuchKey", "PreconditionFailed", "InvalidRange"):
+            status = {"304": 304, "NoSuchKey": 404, "PreconditionFailed": 412, "InvalidRange": 416}.get(code, status)
+            return status, response
+        if status in TRANSIENT_STATUS or code in _TRANSIENT_CODES or status == 409:
+            headers = response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+            from .retry import parse_retry_after
+
+            raise Transient(f"HTTP {status} {code}", parse_retry_after(headers.get("retry-after"))) from exc
+        if status in (401, 403) or code in _AUTH_CODES:
+            raise PermissionDeniedError(f"{what}: HTTP {status} {code}: {error.get('Message', '')}. {self.auth_hint}") from exc
+        if status == 400:
+            raise InvalidArgumentError(f"{what}: HTTP 400 {code}: {error.get('Message', '')}") from exc
+        raise StorageError(f"{what}: HTTP {status} {code}: {error.get('Message', '')}") from exc
+
+    async def _get_once(
+        self,
+        key: str,
+        range_header: str | None,
+        if_match: Generation | None,
+        if_none_match: Generation | None,
+    ) -> Response:
+        kwargs: dict[str, Any] = {"Key": self._object(key)}
+        if range_header:
+            kwargs["Range"] = range_header
+        if if_match is not None:
+            kwargs["IfMatch"] = if_match
+        if if_none_match is not None:
+            kwargs["IfNoneMatch"] = if_none_match
+        what = f"reading {self.url}{key}" + (f" ({range_header})" if range_header else "")
+        status, resp = await self._call("get_object", what, **kwargs)
+        if status not in (200, 206):
+            return Response(status)
+        data = resp["Body"]
+        length = resp.get("ContentLength")
+        if length is not None and int(length) != len(data):
+            raise Transient(f"the body was cut short: {len(data)} of {length} bytes")
+        return Response(status, data, resp.get("ETag"), resp.get("ContentRange"))
+
+    async def _head_once(self, key: str) -> Response:
+        what = f"reading metadata of {self.url}{key}"
+        status, resp = await self._call("head_object", what, Key=self._object(key))
+        if status != 200:
+            if status == 404:
+                return Response(404)
+            raise Transient(f"unexpected HTTP {status} to HEAD")
+        token = (resp.get("Metadata") or {}).get(_TOKEN)
+        return Response(200, b"", resp.get("ETag"), size=int(resp.get("ContentLength", 0)), token=token)
+
+    async def _put_once(
+        self, key: str, data: bytes, if_generation: Generation | None, token: str | None
+    ) -> Generation | None:
+        kwargs: dict[str, Any] = {"Key": self._object(key), "Body": data}
+        if token is not None:
+            kwargs["Metadata"] = {_TOKEN: token}
+        if if_generation == NO_VALUE:
+            kwargs["IfNoneMatch"] = "*"
+        elif if_generation is not None:
+            kwargs["IfMatch"] = if_generation
+        status, resp = await self._call("put_object", f"writing {self.url}{key}", **kwargs)
+        if status in (412, 404):  # 404: IfMatch on a key that is gone
+            return None
+        if status != 200:
+            raise Transient(f"unexpected HTTP {status} to PUT")
+        return resp["ETag"]
+
+    async def _delete_once(self, key: str, if_generation: Generation | None) -> bool:
+        kwargs: dict[str, Any] = {"Key": self._object(key)}
+        what = f"deleting {self.url}{key}"
+        if if_generation is not None:
+            # Look first, then delete with IfMatch: servers without conditional deletes
+            # still refuse a stale generation unless it changes in between.
+            head = await self._head_once(key)
+            if head.status == 404 or head.generation != if_generation:
+                return False
+            kwargs["IfMatch"] = if_generation
+        status, _ = await self._call("delete_object", what, **kwargs)
+        if status in (412, 404):
+            if if_generation is None:
+                return True
+            # It was at if_generation a moment ago: gone now means our DELETE did it and
+            # a resend (aiohttp repeats a DELETE on a reused connection) found it gone.
+            return (await self._head_once(key)).status == 404
+        return True
+
+    async def _list_once(self, prefix: str) -> list[str]:
+        full = self._object(prefix) if prefix else (self.prefix + "/" if self.prefix else "")
+        what = f"listing {self.url}{prefix}"
+        skip = len(self.prefix) + 1 if self.prefix else 0
+        out: list[str] = []
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"Prefix": full}
+            if token:
+                kwargs["ContinuationToken"] = token
+
+            async def page(n: int, kwargs: dict[str, Any] = kwargs) -> dict[str, Any]:
+                status, resp = await self._call("list_objects_v2", what, **kwargs)
+                if status != 200:
+                    raise Transient(f"unexpected HTTP {status} to a listing")
+                return resp
+
+            resp, _ = await self._retry(what, page)
+            out.extend(item["Key"][skip:] for item in resp.get("Contents", ()))
+            if not resp.get("IsTruncated"):
+                return [k for k in out if k and not k.endswith("/")]
+            token = resp.get("NextContinuationToken")
+
+
+def _transport(exc: BaseException) -> Exception:
+    name = type(exc).__name__
+    if "Timeout" in name or isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return Transient(f"timed out ({name})")
+    if isinstance(exc, UnavailableError):
+        return exc
+    return Transient(f"{name}: {exc}")

@@ -1,42 +1,229 @@
-"""The conformance tests every writable KvStore backend runs (``class TestX(KvStoreTests)``
-with a ``store`` fixture), shared by the per-store test modules."""
+"""The conformance tests every KvStore backend runs, like zarr-python's ``StoreTests``.
+
+``ReadableStoreTests`` is what every store must do, read-only HTTP included; its
+subclasses provide the fixtures ``store`` (a fresh, empty store), ``put(key, data)`` and
+``remove(key)`` (change the stored objects *as another writer would*: for HTTP on the
+server, elsewhere through a second store object). ``KvStoreTests`` adds what writable
+stores must do (writes, conditional writes and deletes, listing, pickling, specs).
+"""
 
 from __future__ import annotations
 
 import pickle
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from precomputed.errors import InvalidArgumentError
-from precomputed.kvstore import (
-    NO_VALUE,
-    KvStore,
-    open_kvstore,
-)
+from precomputed.errors import GenerationChangedError, InvalidArgumentError
+from precomputed.kvstore import NO_VALUE, KvStore, open_kvstore
 
 DATA = bytes(range(256)) * 4  # 1024 bytes, every offset distinguishable
+OTHER = bytes(reversed(DATA))  # another version of the same size
+
+#: Keys that resolve outside the root, or alias another key, on every store.
+BAD_KEYS = ["", "/abs", "a//b", "../up", "a/./b", "a/..", "..", ".", "a/", "nul\x00", "back\\slash", "a/../../b"]
 
 
 def race(fn: Any, n: int) -> list[Any]:
     """Run ``fn(i)`` for i in range(n) on n threads released at the same instant."""
     barrier = threading.Barrier(n)
     results: list[Any] = [None] * n
+    errors: list[BaseException] = []
 
     def run(i: int) -> None:
         barrier.wait()
-        results[i] = fn(i)
+        try:
+            results[i] = fn(i)
+        except BaseException as e:  # re-raised on the test's thread
+            errors.append(e)
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    if errors:
+        raise errors[0]
     return results
 
 
-class KvStoreTests:
+class ReadableStoreTests:
+    """Reads, ranges, generations, pinned reads, revalidation, key containment."""
+
+    @pytest.fixture
+    def put(self, store: KvStore) -> Callable[[str, bytes], None]:
+        """Replace an object as another writer would (default: a second store object)."""
+        other = pickle.loads(pickle.dumps(store))
+        return lambda key, data: other.write(key, data) and None
+
+    @pytest.fixture
+    def remove(self, store: KvStore) -> Callable[[str], None]:
+        other = pickle.loads(pickle.dumps(store))
+        return other.delete
+
+    # -- reads ----------------------------------------------------------------------------
+    def test_missing_key_reads_as_none(self, store: KvStore) -> None:
+        assert store.read("nope") is None
+        assert store.read_range("nope", 0, 10) is None
+        assert store.read_range("nope", 5, 5) is None
+        assert store.read_range("nope", -5, None) is None
+        assert store.read_with_generation("nope") == (None, NO_VALUE)
+        assert store.read_range_with_generation("nope", 0, 4) == (None, NO_VALUE)
+        assert store.read_many(["nope"]) == [None]
+        assert store.read_ranges([("nope", 0, 1)]) == [None]
+        assert store.current_generation("nope") == NO_VALUE
+        assert not store.exists("nope")
+
+    def test_read_range_slices(self, store: KvStore, put: Any) -> None:
+        put("k", DATA)
+        assert store.read("k") == DATA
+        assert store.read_range("k", 10, 20) == DATA[10:20]
+        assert store.read_range("k", 1000, None) == DATA[1000:]
+        assert store.read_range("k", 0, None) == DATA
+        assert store.read_range("k", -24, None) == DATA[-24:]  # suffix
+        assert store.read_range("k", -5000, None) == DATA  # suffix longer than the object
+
+    def test_read_range_past_end_is_clipped_not_an_error(self, store: KvStore, put: Any) -> None:
+        put("k", DATA)
+        put("empty", b"")
+        assert store.read_range("k", 1000, 5000) == DATA[1000:]
+        assert store.read_range("k", 1024, 2000) == b""
+        assert store.read_range("k", 5000, None) == b""
+        assert store.read_range("k", 7, 7) == b""
+        assert store.read("empty") == b""
+        assert store.read_range("empty", 0, 10) == b""
+        assert store.read_range("empty", 3, None) == b""
+        assert store.read_range("empty", -3, None) == b""
+        assert store.exists("empty")
+
+    def test_read_many_and_ranges_keep_order(self, store: KvStore, put: Any) -> None:
+        put("k", DATA)
+        for i in range(1, 6):
+            put(f"m/{i}", str(i).encode())
+        assert store.read_many([f"m/{i}" for i in range(7)]) == [None, b"1", b"2", b"3", b"4", b"5", None]
+        reqs = [("k", i * 30, i * 30 + 7) for i in range(34)]
+        reqs += [("missing", 0, 4), ("k", 1020, 1100), ("k", 2000, 2001), ("m/3", 0, None)]
+        want = [DATA[a:b] for _, a, b in reqs[:34]] + [None, DATA[1020:], b"", b"3"]
+        assert store.read_ranges(reqs) == want
+        assert store.read_many([]) == [] and store.read_ranges([]) == []
+
+    # -- generations -----------------------------------------------------------------------
+    def test_generation_changes_with_the_bytes(self, store: KvStore, put: Any) -> None:
+        put("g", DATA)
+        data, gen1 = store.read_with_generation("g")
+        assert data == DATA and gen1 != NO_VALUE
+        assert store.read_range_with_generation("g", 5, 9) == (DATA[5:9], gen1)
+        assert store.current_generation("g") == gen1
+        put("g", OTHER)
+        data, gen2 = store.read_with_generation("g")
+        assert data == OTHER and gen2 not in (gen1, NO_VALUE)
+        assert store.current_generation("g") == gen2
+
+    def test_pinned_read_returns_one_generation_per_key(self, store: KvStore, put: Any) -> None:
+        put("a", DATA)
+        put("b", OTHER)
+        reqs = [("a", 0, 10), ("b", -4, None), ("a", 500, 600), ("missing", 0, 1), ("a", 1020, None)]
+        blobs, gens = store.read_ranges_pinned(reqs)
+        assert blobs == [DATA[:10], OTHER[-4:], DATA[500:600], None, DATA[1020:]]
+        assert gens == {
+            "a": store.read_with_generation("a")[1],
+            "b": store.read_with_generation("b")[1],
+            "missing": NO_VALUE,
+        }
+        # Pinned again to what the first call saw: the same bytes.
+        assert store.read_ranges_pinned([("a", 100, 110), ("b", 0, 3)], gens) == (
+            [DATA[100:110], OTHER[:3]],
+            {"a": gens["a"], "b": gens["b"]},
+        )
+
+    def test_pinned_read_detects_a_replacement_between_calls(
+        self, store: KvStore, put: Any
+    ) -> None:
+        """The sharded reader's case: index read first, data later; another writer
+        replaced the shard in between. No byte of the new version is returned."""
+        put("shard", DATA)
+        put("other", b"unchanged")
+        _, gens = store.read_ranges_pinned([("shard", 0, 16), ("other", 0, None)])
+        put("shard", OTHER)
+        with pytest.raises(GenerationChangedError) as info:
+            store.read_ranges_pinned([("shard", 100, 200), ("other", 0, 4), ("shard", 0, 1)], gens)
+        err = info.value
+        assert err.key == "shard" and err.expected == gens["shard"]
+        assert err.actual in (None, store.read_with_generation("shard")[1])
+        assert set(err.changed) == {"shard"}
+        assert err.results is not None
+        assert err.results[0] == [None, b"unch", None]  # the other key's bytes survive
+        assert err.results[1] == {"other": gens["other"]}
+        # Unpinned, the new version reads normally.
+        assert store.read_ranges_pinned([("shard", 100, 104)])[0] == [OTHER[100:104]]
+
+    def test_pinned_read_detects_deletion_and_creation(
+        self, store: KvStore, put: Any, remove: Any
+    ) -> None:
+        put("gone", DATA)
+        _, gens = store.read_ranges_pinned([("gone", 0, 1), ("new", 0, 1)])
+        assert gens["new"] == NO_VALUE
+        remove("gone")
+        put("new", DATA)
+        with pytest.raises(GenerationChangedError) as info:
+            store.read_ranges_pinned([("gone", 0, 1), ("new", 0, 1)], gens)
+        assert set(info.value.changed) == {"gone", "new"}
+        assert info.value.changed["gone"][1] in (None, NO_VALUE)
+
+    def test_revalidation(self, store: KvStore, put: Any, remove: Any) -> None:
+        put("r", DATA)
+        data, gen = store.read_with_generation("r")
+        assert store.read_if_changed("r", gen) is None  # unchanged
+        put("r", OTHER)
+        got = store.read_if_changed("r", gen)
+        assert got is not None and got[0] == OTHER and got[1] not in (gen, NO_VALUE)
+        assert store.read_if_changed("r", got[1]) is None
+        remove("r")
+        assert store.read_if_changed("r", got[1]) == (None, NO_VALUE)
+        assert store.read_if_changed("r", NO_VALUE) is None  # still absent
+        put("r", DATA)
+        again = store.read_if_changed("r", NO_VALUE)
+        assert again is not None and again[0] == DATA
+
+    # -- keys ---------------------------------------------------------------------------------
+    @pytest.mark.parametrize("key", BAD_KEYS)
+    def test_keys_outside_the_root_are_rejected_before_any_io(self, store: KvStore, key: str) -> None:
+        store.request_log = []
+        calls = [
+            lambda: store.read(key),
+            lambda: store.read_range(key, 0, 1),
+            lambda: store.read_many(["ok", key]),
+            lambda: store.read_ranges([("ok", 0, 1), (key, 0, 1)]),
+            lambda: store.read_with_generation(key),
+            lambda: store.read_ranges_pinned([(key, 0, 1)]),
+            lambda: store.read_if_changed(key, NO_VALUE),
+            lambda: store.current_generation(key),
+            lambda: store.exists(key),
+        ]
+        if not store.read_only:
+            calls += [
+                lambda: store.write(key, b"x"),
+                lambda: store.write_if(key, b"x", NO_VALUE),
+                lambda: store.write_conditional(key, None, NO_VALUE),
+                lambda: store.delete(key),
+                lambda: store.delete_many(["ok", key]),
+            ]
+        for call in calls:
+            with pytest.raises(InvalidArgumentError):
+                call()
+        assert store.request_log == []
+
+    @pytest.mark.parametrize("prefix", ["../", "a/../../", "/abs/", "a//", "x\x00", "..\\"])
+    def test_prefixes_outside_the_root_are_rejected(self, store: KvStore, prefix: str) -> None:
+        with pytest.raises(InvalidArgumentError):
+            store.list(prefix)
+        with pytest.raises(InvalidArgumentError):
+            store.delete_prefix(prefix)
+
+
+class KvStoreTests(ReadableStoreTests):
     """The behaviour every writable store must have. Subclasses provide the ``store``
     fixture (a fresh, empty store) and ``options`` (storage options to reopen it)."""
 
@@ -45,13 +232,6 @@ class KvStoreTests:
         return {}
 
     # -- whole-object reads and writes ----------------------------------------------
-    def test_missing_key_reads_as_none(self, store: KvStore) -> None:
-        assert store.read("nope") is None
-        assert store.read_range("nope", 0, 10) is None
-        assert store.read_range("nope", 5, 5) is None
-        assert store.read_with_generation("nope") == (None, NO_VALUE)
-        assert not store.exists("nope")
-
     def test_write_then_read_round_trips(self, store: KvStore) -> None:
         store.write("a", DATA)
         store.write("dir/sub/b", b"")
@@ -61,50 +241,12 @@ class KvStoreTests:
         assert store.read("c") == b"xyz"
         assert store.exists("dir/sub/b")
         assert not store.exists("dir")  # a "directory" is not a key
+        assert store.read_with_generation("dir") == (None, NO_VALUE)
 
     def test_overwrite_replaces_value(self, store: KvStore) -> None:
         store.write("k", DATA)
         store.write("k", b"short")
         assert store.read("k") == b"short"
-
-    def test_invalid_keys_are_rejected(self, store: KvStore) -> None:
-        for key in ["", "/abs", "a//b", "../up", "a/./b"]:
-            with pytest.raises(InvalidArgumentError):
-                store.write(key, b"x")
-
-    # -- ranges -------------------------------------------------------------------------
-    def test_read_range_slices(self, store: KvStore) -> None:
-        store.write("k", DATA)
-        assert store.read_range("k", 10, 20) == DATA[10:20]
-        assert store.read_range("k", 1000, None) == DATA[1000:]
-        assert store.read_range("k", 0, None) == DATA
-        assert store.read_range("k", -24, None) == DATA[-24:]  # suffix
-
-    def test_read_range_past_end_is_clipped_not_an_error(self, store: KvStore) -> None:
-        store.write("k", DATA)
-        assert store.read_range("k", 1000, 5000) == DATA[1000:]
-        assert store.read_range("k", 1024, 2000) == b""
-        assert store.read_range("k", 5000, None) == b""
-        assert store.read_range("k", 7, 7) == b""
-        store.write("empty", b"")
-        assert store.read_range("empty", 0, 10) == b""
-        assert store.read_range("empty", 3, None) == b""
-
-    def test_read_many_keeps_order_and_marks_missing(self, store: KvStore) -> None:
-        keys = [f"m/{i}" for i in range(20)]
-        for i, k in enumerate(keys):
-            if i % 3:
-                store.write(k, str(i).encode())
-        got = store.read_many(keys + ["m/x"])
-        assert got == [None if i % 3 == 0 else str(i).encode() for i in range(20)] + [None]
-        assert store.read_many([]) == []
-
-    def test_read_ranges_keeps_order(self, store: KvStore) -> None:
-        store.write("k", DATA)
-        reqs = [("k", i * 30, i * 30 + 7) for i in range(34)]
-        reqs += [("missing", 0, 4), ("k", 1020, 1100), ("k", 2000, 2001)]
-        want = [DATA[a:b] for _, a, b in reqs[:34]] + [None, DATA[1020:], b""]
-        assert store.read_ranges(reqs) == want
 
     # -- delete and list ------------------------------------------------------------------
     def test_delete(self, store: KvStore) -> None:
@@ -135,18 +277,25 @@ class KvStoreTests:
         assert store.list("in") == ["info"]
         assert store.list("zzz/") == []
 
-    # -- generations and conditional writes ---------------------------------------------
-    def test_generation_changes_on_write(self, store: KvStore) -> None:
-        store.write("g", b"one")
-        data, gen1 = store.read_with_generation("g")
-        assert data == b"one" and gen1 != NO_VALUE
-        store.write("g", b"two")
-        data, gen2 = store.read_with_generation("g")
-        assert data == b"two" and gen2 not in (gen1, NO_VALUE)
+    # -- generations of writes ---------------------------------------------------------------
+    def test_every_write_returns_the_generation_reads_report(self, store: KvStore) -> None:
+        seen = set()
+        for i in range(5):
+            gen = store.write("g", b"version %d" % i)
+            assert gen not in seen and gen != NO_VALUE
+            seen.add(gen)
+            assert store.read_with_generation("g") == (b"version %d" % i, gen)
+            assert store.current_generation("g") == gen
+        new = store.write_conditional("g", b"conditional", gen)
+        assert new is not None and new not in seen
+        assert store.read_with_generation("g") == (b"conditional", new)
+        assert store.read_if_changed("g", new) is None  # a cache can store it as is
 
+    # -- conditional writes --------------------------------------------------------------
     def test_write_if_no_value_is_create_only(self, store: KvStore) -> None:
         assert store.write_if("c", b"first", NO_VALUE)
         assert not store.write_if("c", b"second", NO_VALUE)
+        assert store.write_conditional("c", b"third", NO_VALUE) is None
         assert store.read("c") == b"first"
 
     def test_write_if_with_stale_generation_does_not_overwrite(self, store: KvStore) -> None:
@@ -155,6 +304,7 @@ class KvStoreTests:
         assert store.write_if("s", b"v2", stale)
         assert store.read("s") == b"v2"
         assert not store.write_if("s", b"v3", stale)
+        assert store.write_conditional("s", b"v3", stale) is None
         assert store.read("s") == b"v2"
         assert not store.write_if("never", b"x", stale)
         assert store.read("never") is None
@@ -168,8 +318,9 @@ class KvStoreTests:
         assert not store.write_if("d", None, gen)
         assert store.read("d") == b"v2"
         _, gen = store.read_with_generation("d")
-        assert store.write_if("d", None, gen)
+        assert store.write_conditional("d", None, gen) == NO_VALUE
         assert store.read("d") is None
+        assert store.write_conditional("d", None, gen) is None  # gone: the generation is stale
 
     def test_racing_conditional_writers_exactly_one_wins(self, store: KvStore) -> None:
         if not store.conditional_writes:
@@ -179,6 +330,28 @@ class KvStoreTests:
         results = race(lambda i: store.write_if("race", b"writer %d" % i, gen), 6)
         assert sum(results) == 1
         assert store.read("race") == b"writer %d" % results.index(True)
+
+    def test_racing_read_modify_write_loses_no_update(self, store: KvStore) -> None:
+        """Threads incrementing one counter with conditional writes: every increment
+        survives (the losers re-read and retry)."""
+        if not store.conditional_writes:
+            pytest.skip("no server-side compare-and-swap")
+        store.write("counter", b"0")
+
+        def increment(_: int) -> int:
+            tries = 0
+            for _ in range(4):
+                while True:
+                    tries += 1
+                    data, gen = store.read_with_generation("counter")
+                    assert data is not None
+                    if store.write_if("counter", b"%d" % (int(data) + 1), gen):
+                        break
+            return tries
+
+        tries = race(increment, 4)
+        assert store.read("counter") == b"16"
+        assert sum(tries) >= 16
 
     # -- bookkeeping, pickling and specs ------------------------------------------------
     def test_stats_and_request_log_count_calls(self, store: KvStore) -> None:

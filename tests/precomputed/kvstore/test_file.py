@@ -105,3 +105,16 @@ def test_file_store_read_ranges_match_slices(tmp_path: Any) -> None:
     reqs = [("x/y", a, b) for a, b in [(0, 10), (5, 20), (9000, 20000), (100, 100), (-5, None)]]
     reqs += [("x/missing", 0, 4), ("x", 0, 4)]  # a directory is not a key
     assert store.read_ranges(reqs) == [blob[0:10], blob[5:20], blob[9000:], b"", blob[-5:], None, None]
+
+
+def test_os_errors_are_library_errors_naming_the_key(file_store: FileKvStore) -> None:
+    from precomputed.errors import StorageError
+
+    file_store.write("a", b"x")
+    with pytest.raises(StorageError, match=r"writing file://.*/a/b: "):
+        file_store.write("a/b", b"y")  # "a" is a file, not a directory
+    assert file_store.read("a/b") is None  # ...and reading there is just a missing key
+    file_store.write("d/e", b"x")
+    with pytest.raises(StorageError, match=r"writing file://.*/d: "):
+        file_store.write("d", b"y")  # "d" is a directory
+    assert file_store.read("d") is None and file_store.read("d/e") == b"x"

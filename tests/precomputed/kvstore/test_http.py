@@ -2,20 +2,117 @@
 
 from __future__ import annotations
 
+import itertools
 import pickle
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from store_tests import DATA
+from store_tests import DATA, OTHER, ReadableStoreTests
 
-from precomputed.errors import ReadOnlyError, UnimplementedError
+from precomputed.errors import GenerationChangedError, ReadOnlyError, UnimplementedError
 from precomputed.kvstore import (
     NO_VALUE,
+    UNVERSIONED,
     FileKvStore,
     HttpKvStore,
     open_kvstore,
 )
 from servers import RangeServer
+
+
+class TestHttpConformance(ReadableStoreTests):
+    """The read-only part of the store contract, with each kind of validator."""
+
+    @pytest.fixture(params=["both", "etag", "last-modified"])
+    def store(self, request: Any, http_server: RangeServer) -> HttpKvStore:
+        http_server.validators = request.param
+        store = open_kvstore(http_server.url + "/vol/")
+        assert isinstance(store, HttpKvStore)
+        return store
+
+    @pytest.fixture
+    def put(self, http_server: RangeServer) -> Callable[[str, bytes], None]:
+        # Last-Modified has one-second resolution: give each version its own second.
+        seconds = itertools.count(1)
+        return lambda key, data: http_server.put(
+            "/vol/" + key, data, modified=http_server.started + next(seconds)
+        )
+
+    @pytest.fixture
+    def remove(self, http_server: RangeServer) -> Callable[[str], None]:
+        return lambda key: http_server.objects.pop("/vol/" + key, None) and None
+
+
+def test_generations_are_etags_else_last_modified(http_server: RangeServer) -> None:
+    http_server.put("/k", DATA, modified=1_700_000_000)
+    store = open_kvstore(http_server.url + "/")
+    assert store.read_with_generation("k")[1] == '"' + __import__("hashlib").md5(DATA).hexdigest() + '"'
+    http_server.validators = "last-modified"
+    assert store.read_with_generation("k")[1] == "lm:Tue, 14 Nov 2023 22:13:20 GMT"
+
+
+def test_pinned_reads_send_preconditions(http_server: RangeServer) -> None:
+    http_server.put("/k", DATA)
+    store = open_kvstore(http_server.url + "/")
+    _, gens = store.read_ranges_pinned([("k", 0, 4)])
+    http_server.clear_log()
+    store.read_ranges_pinned([("k", 10, 14)], gens)
+    assert http_server.request_headers[-1]["If-Match"] == gens["k"]
+    http_server.validators = "last-modified"
+    _, gens = store.read_ranges_pinned([("k", 0, 4)])
+    store.read_ranges_pinned([("k", 10, 14)], gens)
+    assert http_server.request_headers[-1]["If-Unmodified-Since"] == gens["k"][3:]
+
+
+def test_revalidation_is_a_conditional_request(http_server: RangeServer) -> None:
+    http_server.put("/k", DATA)
+    store = open_kvstore(http_server.url + "/")
+    _, gen = store.read_with_generation("k")
+    http_server.clear_log()
+    assert store.read_if_changed("k", gen) is None
+    assert http_server.request_headers[-1]["If-None-Match"] == gen
+    assert len(http_server.requests) == 1  # one 304, no body
+    http_server.validators = "last-modified"
+    _, gen = store.read_with_generation("k")
+    assert store.read_if_changed("k", gen) is None
+    assert http_server.request_headers[-1]["If-Modified-Since"] == gen[3:]
+
+
+def test_a_server_without_validators_still_serves_reads_but_cannot_pin(
+    http_server: RangeServer,
+) -> None:
+    http_server.validators = "none"
+    http_server.put("/k", DATA)
+    store = open_kvstore(http_server.url + "/")
+    assert store.pinned_reads  # not known before the first answer
+    assert store.read_range("k", 3, 9) == DATA[3:9]
+    blobs, gens = store.read_ranges_pinned([("k", 0, 4), ("k", 500, 504)])
+    assert blobs == [DATA[:4], DATA[500:504]] and gens == {"k": UNVERSIONED}
+    assert not store.pinned_reads  # the capability flag says so
+    http_server.put("/k", OTHER)
+    # Reads pinned to UNVERSIONED cannot be checked: they just read.
+    assert store.read_ranges_pinned([("k", 0, 4)], gens)[0] == [OTHER[:4]]
+    # Whole reads use a content hash, so revalidation still works (by downloading).
+    data, gen = store.read_with_generation("k")
+    assert data == OTHER and gen.startswith("h")
+    assert store.read_if_changed("k", gen) is None
+    http_server.put("/k", DATA)
+    assert store.read_if_changed("k", gen) == (DATA, store.read_with_generation("k")[1])
+    assert store.read_if_changed("k", UNVERSIONED) is not None  # never "unchanged"
+
+
+def test_weak_etags_pin_by_comparing_answers(http_server: RangeServer, monkeypatch: Any) -> None:
+    """If-Match never matches a weak ETag (RFC 9110), so none is sent; each answer's
+    ETag is compared instead."""
+    http_server.put("/k", DATA)
+    store = open_kvstore(http_server.url + "/")
+    _, gens = store.read_ranges_pinned([("k", 0, 4)])
+    weak = {"k": "W/" + gens["k"]}
+    http_server.clear_log()
+    with pytest.raises(GenerationChangedError):  # the server's strong tag differs
+        store.read_ranges_pinned([("k", 10, 14)], weak)
+    assert "If-Match" not in http_server.request_headers[-1]
 
 
 class TestHttpKvStore:
@@ -149,3 +246,26 @@ class TestHttpKvStore:
         assert with_query.url == http_server.url + "/vol/?x=1"
         assert with_query.read("k") == DATA
         assert http_server.requests[-1][1] == "/vol/k?x=1"
+
+
+def test_an_unpinned_read_that_straddles_a_replacement_is_reread_from_one_version(
+    http_server: RangeServer,
+) -> None:
+    """Ranges of one call that came from two versions are never returned: the store
+    re-reads them, held to one version."""
+    import threading
+
+    http_server.put("/k", DATA)
+    store = open_kvstore(http_server.url + "/", concurrency=1)  # one range after the other
+    store.coalesce_gap = -1
+    http_server.latency = 0.2  # the first answer is made at ~0.2 s, the second at ~0.4 s
+    timer = threading.Timer(0.3, lambda: http_server.put("/k", OTHER))
+    timer.start()
+    try:
+        blobs, gens = store.read_ranges_pinned([("k", 0, 4), ("k", 500, 504)])
+    finally:
+        timer.cancel()
+    made = len(http_server.requests)
+    assert blobs == [OTHER[:4], OTHER[500:504]]
+    assert gens == {"k": store.read_with_generation("k")[1]}
+    assert made >= 4  # the mixed pair was not the answer: it was read again
