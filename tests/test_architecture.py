@@ -27,8 +27,9 @@ DRIVER_LAYERS: list[tuple[str, list[str]]] = [
         "internal.arraylike", "internal",
     ]),
     ("bytes", [
-        "kvstore.keys", "kvstore.base", "kvstore.url", "kvstore.file", "kvstore.memory",
-        "kvstore.fsspec", "kvstore.http", "kvstore.gcs", "kvstore.s3", "kvstore.open",
+        "kvstore.keys", "kvstore.retry", "kvstore.base", "kvstore.url", "kvstore.file",
+        "kvstore.memory", "kvstore.httpclient", "kvstore.remote", "kvstore.fsspec",
+        "kvstore.http", "kvstore.gcs", "kvstore.s3", "kvstore.open",
         "kvstore",
     ]),
     ("format", [
@@ -91,10 +92,14 @@ ALLOWED_PRIVATE_IMPORTS = {
 #: - third-party APIs whose public names start with an underscore: fsspec's coroutine
 #:   interface (documented as the ``_``-prefixed twins of its methods), namedtuple's
 #:   ``_replace``, and napari's ``Window._qt_window`` (the main window a dialog needs as
-#:   its parent; napari offers no public accessor).
+#:   its parent; napari offers no public accessor), and gcsfs's session, auth headers and
+#:   query parameters (``_set_session``, ``_get_headers``, ``_get_params``: the GCS store
+#:   makes its own JSON-API requests, with preconditions gcsfs does not expose, on the
+#:   credentials and session gcsfs holds).
 THIRD_PARTY_UNDERSCORE_API = {
     "_cat_file", "_info", "_rm_file", "_pipe_file", "_find", "_call", "_call_s3",
     "_location", "_strip_protocol", "_replace", "_qt_window",
+    "_set_session", "_get_headers", "_get_params",
 }
 QT = ("qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "magicgui", "superqt", "napari.qt",
       "napari._qt")  # fmt: skip
