@@ -2,7 +2,7 @@
 
 - :class:`MultiLodWriter` — encode meshes (nm) into a mesh directory, unsharded
   (``<id>`` data then ``<id>.index``) or sharded (all shards written once, by
-  :class:`~precomputed.sharded_ids.ShardedIdStore`, on :meth:`MultiLodWriter.close`);
+  :class:`~precomputed.chunkstore.ShardedIdStore`, on :meth:`MultiLodWriter.close`);
 - :func:`write` — generate meshes of a volume (or array) and write them, with the mesh
   ``info`` and the volume ``info``'s ``mesh`` member (conditional write);
 - :func:`remesh` — regenerate the meshes of some segments (e.g. after a label edit) into
@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 
 from .._info_members import read_json, resolve_subdir, set_info_member, volume_location
+from ..chunkstore import ShardedIdStore
 from ..errors import InvalidArgumentError, NotFoundError, UnimplementedError
 from ..kvstore import KvStore, open_kvstore
-from ..sharded_ids import ShardedIdStore
 from ..sharding import ShardingSpec
 from ._info import MULTILOD_TYPE, MeshInfo, parse_mesh_info
 from ._manifest import MultiLodManifest
@@ -244,8 +244,8 @@ class MultiLodWriter:
             store = ShardedIdStore(self.kvstore, self.prefix, self.sharding)
             values = {i: None if v is None else v[0] for i, v in self._pending.items()}
             prefixes = {i: v[1] for i, v in self._pending.items() if v is not None}
-            got = store.write(values, prefixes=prefixes, prefix_size=_fragment_bytes)
-            self.stats.shards_written += got.shards_written
+            got = store.commit(values, prefixes=prefixes, prefix_size=_fragment_bytes)
+            self.stats.shards_written += got.groups_written
             self._pending.clear()
         if self.write_info:
             self.kvstore.write(self.prefix + "info", self.info().dumps())
