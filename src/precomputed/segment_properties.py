@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from ._info_members import read_json, resolve_subdir, set_info_member, volume_location
 from .errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from .info_members import read_json, resolve_subdir, set_info_member, volume_location
 from .kvstore import KvStore, open_kvstore
 
 __all__ = [

@@ -16,8 +16,8 @@ import pytest
 
 import precomputed
 from precomputed import segment_properties as sp
-from precomputed._info_members import set_info_member
 from precomputed.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from precomputed.info_members import set_info_member
 from precomputed.kvstore import MemoryKvStore
 from volumes import volume_spec
 
@@ -222,7 +222,7 @@ def test_hostile_files(memory_store: MemoryKvStore, monkeypatch: pytest.MonkeyPa
     memory_store.write("p/info", b"[" * 100000 + b"]" * 100000)
     with pytest.raises(FailedPreconditionError, match="Invalid JSON"):
         sp.read(memory_store.url + "p")
-    import precomputed._info_members as im
+    import precomputed.info_members as im
 
     monkeypatch.setattr(im, "MAX_JSON_BYTES", 100)
     memory_store.write("p/info", json.dumps(STORED).encode())

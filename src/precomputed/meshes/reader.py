@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 from cachetools import LRUCache
 
-from .._info_members import read_json, resolve_subdir, volume_location
 from ..chunkstore import ShardedIdStore
 from ..errors import CorruptDataError, InvalidArgumentError, NotFoundError, OutOfRangeError
+from ..info_members import read_json, resolve_subdir, volume_location
 from ..kvstore import KvStore, open_kvstore
 from ._draco import decode_fragment
 from ._info import LEGACY_TYPE, MULTILOD_TYPE, MeshInfo, parse_mesh_info

@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from .._info_members import read_json, resolve_subdir, set_info_member, volume_location
 from ..chunkstore import ShardedIdStore
 from ..errors import InvalidArgumentError, NotFoundError, UnimplementedError
+from ..info_members import read_json, resolve_subdir, set_info_member, volume_location
 from ..kvstore import KvStore, open_kvstore
 from ..sharding import ShardingSpec
 from ._info import MULTILOD_TYPE, MeshInfo, parse_mesh_info
