@@ -21,7 +21,7 @@ from precomputed.errors import (
     NotFoundError,
     OutOfRangeError,
 )
-from precomputed.meshes._manifest import MultiLodManifest
+from precomputed.meshes.manifest import MultiLodManifest
 from servers import RangeServer
 
 pytest.importorskip("DracoPy")

@@ -30,11 +30,11 @@ from ..chunkstore import ShardedIdStore
 from ..errors import CorruptDataError, InvalidArgumentError, NotFoundError, OutOfRangeError
 from ..info_members import read_json, resolve_subdir, volume_location
 from ..kvstore import KvStore, open_kvstore
-from ._draco import decode_fragment
-from ._info import LEGACY_TYPE, MULTILOD_TYPE, MeshInfo, parse_mesh_info
-from ._legacy import decode_legacy_fragment, maybe_gunzip, parse_legacy_manifest
-from ._manifest import MultiLodManifest
-from ._mesh import Mesh
+from .draco import decode_fragment
+from .info import LEGACY_TYPE, MULTILOD_TYPE, MeshInfo, parse_mesh_info
+from .legacy import decode_legacy_fragment, maybe_gunzip, parse_legacy_manifest
+from .manifest import MultiLodManifest
+from .mesh import Mesh
 
 __all__ = ["open", "MeshSource", "MultiLodMeshSource", "LegacyMeshSource"]
 

@@ -11,7 +11,7 @@
 Levels of detail: LOD 0 is the generated mesh; each coarser LOD simplifies the previous
 one (zmesh, ``lod_reduction`` times fewer triangles, error bound doubling per LOD). Octree
 nodes of LOD 0 are ``chunk_voxels`` voxels wide and double per LOD, until one node covers
-the segment (see :mod:`._octree`).
+the segment (see :mod:`.octree`).
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ from ..errors import InvalidArgumentError, NotFoundError, UnimplementedError
 from ..info_members import read_json, resolve_subdir, set_info_member, volume_location
 from ..kvstore import KvStore, open_kvstore
 from ..sharding import ShardingSpec
-from ._info import MULTILOD_TYPE, MeshInfo, parse_mesh_info
-from ._manifest import MultiLodManifest
-from ._mesh import Mesh
-from ._octree import encode_lods, plan_octree
-from .generate import Progress, generate
+from .generate import Progress, generate, import_zmesh
+from .info import MULTILOD_TYPE, MeshInfo, parse_mesh_info
+from .manifest import MultiLodManifest
+from .mesh import Mesh
+from .octree import encode_lods, plan_octree
 
 __all__ = [
     "LodOptions",
@@ -100,9 +100,7 @@ def choose_mesh_sharding(num_segments: int) -> ShardingSpec:
 
 
 def _simplifier() -> Any:
-    from .generate import _zmesh
-
-    return _zmesh().Mesher((1.0, 1.0, 1.0))
+    return import_zmesh().Mesher((1.0, 1.0, 1.0))
 
 
 def lod_meshes(mesh: Mesh, count: int, options: LodOptions, resolution: np.ndarray) -> list[Mesh]:
