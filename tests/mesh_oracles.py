@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -97,3 +98,37 @@ def triangles(vertices: np.ndarray, faces: np.ndarray, decimals: int = 3) -> np.
     rolled = tri[np.arange(tri.shape[0])[:, None], corner]
     flat = rolled.reshape(-1, 9)
     return flat[np.lexsort(flat.T[::-1])]
+
+
+# -- geometry checks of generated meshes ------------------------------------------------
+
+
+def voxel_coords(mesh: Any, resolution: Any = RESOLUTION, offset: Any = OFFSET) -> np.ndarray:
+    """Vertices in the segmentation array's voxel coordinates (voxel i spans [i, i+1))."""
+    return mesh.vertices / np.asarray(resolution) - np.asarray(offset)
+
+
+def near_boundary(seg: np.ndarray, label: int, p: np.ndarray) -> np.ndarray:
+    """For each point, whether both the label and something else lie within one voxel
+    (27 samples of the cube of half-width 0.99 voxel around it)."""
+    steps = np.array([-0.99, 0.0, 0.99])
+    offs = np.stack(np.meshgrid(steps, steps, steps, indexing="ij"), -1).reshape(-1, 3)
+    idx = np.floor(p[:, None, :] + offs[None]).astype(np.int64)  # (n, 27, 3)
+    inside_vol = ((idx >= 0) & (idx < np.array(seg.shape))).all(-1)
+    clipped = np.clip(idx, 0, np.array(seg.shape) - 1)
+    labels = np.where(inside_vol, seg[clipped[..., 0], clipped[..., 1], clipped[..., 2]], 0)
+    return (labels == label).any(1) & (labels != label).any(1)
+
+
+def enclosed_volume(mesh: Any) -> float:
+    t = mesh.vertices.astype(np.float64)[mesh.faces]
+    return float(np.einsum("ij,ij->i", t[:, 0], np.cross(t[:, 1], t[:, 2])).sum() / 6)
+
+
+def watertight(mesh: Any) -> bool:
+    m = mesh.deduplicated()
+    e = np.sort(
+        np.concatenate([m.faces[:, [0, 1]], m.faces[:, [1, 2]], m.faces[:, [2, 0]]]), axis=1
+    )
+    _, counts = np.unique(e, axis=0, return_counts=True)
+    return bool((counts == 2).all())

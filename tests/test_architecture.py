@@ -36,7 +36,7 @@ DRIVER_LAYERS: list[tuple[str, list[str]]] = [
         "codecs.table", "codecs.gzip", "codecs.raw", "codecs.image", "codecs.jpeg", "codecs.png",
         "codecs.cseg.native", "codecs.cseg.decode", "codecs.cseg.region", "codecs.cseg.encode",
         "codecs.cseg", "codecs",
-        "sharding", "schema", "metadata", "constraints", "spec",
+        "sharding", "schema", "metadata", "info_members", "constraints", "spec",
     ]),
     ("chunks", ["chunkstore.base", "chunkstore.unsharded", "chunkstore.sharded", "chunkstore"]),
     ("one scale", ["cache", "context", "scale", "readpath", "writepath", "transaction"]),
@@ -47,6 +47,9 @@ DRIVER_LAYERS: list[tuple[str, list[str]]] = [
     ("builders", [
         "downsample",
         "create.plan", "create.blocks", "create.recovery", "create.pyramid", "create",
+        "meshes.mesh", "meshes.draco", "meshes.manifest", "meshes.info", "meshes.legacy",
+        "meshes.octree", "meshes.generate", "meshes.reader", "meshes.writer", "meshes",
+        "segment_properties.model", "segment_properties.io", "segment_properties",
         "samples", "cli",
     ]),
 ]

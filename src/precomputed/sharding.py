@@ -44,6 +44,7 @@ __all__ = [
     "encode_minishard_index",
     "decode_minishard_index",
     "encode_shard",
+    "shard_entries",
     "split_shard",
     "encode_chunk_data",
     "decode_chunk_data",
@@ -530,28 +531,20 @@ def encode_shard(
     return b"".join(pieces)
 
 
-def split_shard(
-    data: bytes,
-    spec: ShardingSpec,
-    key: str,
-    *,
-    decode: bool = True,
-    allow_duplicates: bool = False,
-) -> dict[int, bytes | memoryview]:
-    """Split a stored shard into ``{chunk id: chunk bytes}`` (minishard, id order).
+def shard_entries(
+    data: bytes | memoryview, spec: ShardingSpec, key: str, *, allow_duplicates: bool = False
+) -> dict[int, tuple[int, int]]:
+    """``{chunk id: absolute (start, stop)}`` of every chunk of a stored shard (minishard,
+    then id order), without touching the chunk bytes.
 
-    With ``decode`` (the default) the shard ``data_encoding`` is removed and each chunk is
-    its own ``bytes``; otherwise the stored bytes are returned as zero-copy memoryviews
-    into ``data`` (for re-encoding with ``data_encoded=True``, so a shard rewrite holds the
-    old and the new shard, not a third copy). An empty shard is ``{}``. Validates like
-    TensorStore's write path (§5.8); ``allow_duplicates`` accepts a chunk id listed twice
-    in a minishard index and keeps its first entry, as a read of that chunk would.
+    An empty shard is ``{}``. Validates like TensorStore's write path (§5.8);
+    ``allow_duplicates`` accepts a chunk id listed twice in a minishard index and keeps its
+    first entry, as a read of that chunk would. The bytes in front of an entry (up to the
+    previous one) are where unindexed prefixes live (see :func:`encode_shard`).
     """
     where = f'Error reading shard "{key}"'
-    data = bytes(data)
-    if not data:
+    if not len(data):
         return {}
-    view = memoryview(data)
     index_size = spec.shard_index_size
     if len(data) < index_size:
         raise CorruptDataError(
@@ -563,7 +556,7 @@ def split_shard(
     total = len(data)
     bad = (s < 0) | (e < s) | (e > total - index_size)
     nonempty = s != e
-    result: dict[int, bytes | memoryview] = {}
+    result: dict[int, tuple[int, int]] = {}
     for m in np.flatnonzero(bad | nonempty).tolist():
         start, end = int(ranges[m, 0]), int(ranges[m, 1])
         context = f"{where}: Error decoding existing shard index entry for minishard {m}"
@@ -574,7 +567,7 @@ def split_shard(
         if start == end:
             continue
         ids, starts, ends = decode_minishard_index(
-            data[start + index_size : end + index_size], spec, key, m
+            bytes(data[start + index_size : end + index_size]), spec, key, m
         )
         # Entries are checked in id order: a repeated id, then the entry's byte range.
         dup = np.flatnonzero(ids[1:] == ids[:-1]) + 1
@@ -595,14 +588,39 @@ def split_shard(
                 f"{where}: Invalid existing byte range for chunk {int(ids[i])}",
             )
         for chunk_id, a, b in zip(ids.tolist(), starts.tolist(), ends.tolist(), strict=True):
-            chunk: bytes | memoryview = view[a:b]
-            if chunk_id in result:
-                continue  # a duplicate id (allow_duplicates): the first entry wins
-            if decode:
-                chunk = decode_chunk_data(
-                    chunk, spec, f'chunk {chunk_id} in minishard {m} of "{key}"'
-                )
-            result[chunk_id] = chunk
+            result.setdefault(chunk_id, (a, b))  # a duplicate id: the first entry wins
+    return result
+
+
+def split_shard(
+    data: bytes,
+    spec: ShardingSpec,
+    key: str,
+    *,
+    decode: bool = True,
+    allow_duplicates: bool = False,
+) -> dict[int, bytes | memoryview]:
+    """Split a stored shard into ``{chunk id: chunk bytes}`` (minishard, id order).
+
+    With ``decode`` (the default) the shard ``data_encoding`` is removed and each chunk is
+    its own ``bytes``; otherwise the stored bytes are returned as zero-copy memoryviews
+    into ``data`` (for re-encoding with ``data_encoded=True``, so a shard rewrite holds the
+    old and the new shard, not a third copy). An empty shard is ``{}``. Validated as by
+    :func:`shard_entries`.
+    """
+    data = bytes(data)
+    view = memoryview(data)
+    entries = shard_entries(data, spec, key, allow_duplicates=allow_duplicates)
+    if not decode:
+        return {i: view[a:b] for i, (a, b) in entries.items()}
+    result: dict[int, bytes | memoryview] = {}
+    for chunk_id, (a, b) in entries.items():
+        try:
+            result[chunk_id] = decode_chunk_data(view[a:b], spec, "")
+        except CorruptDataError:
+            m = placement_of_id(chunk_id, spec)[1]  # hashed only to name the chunk
+            what = f'chunk {chunk_id} in minishard {m} of "{key}"'
+            raise CorruptDataError(f"Error decoding {what}: {GZIP_ERROR}") from None
     return result
 
 

@@ -3,7 +3,7 @@ layouts (:mod:`.base`), one key per chunk (:mod:`.unsharded`), shard files
 (:mod:`.sharded`)."""
 
 from .base import ChunkStore, CommitStats, join_key
-from .sharded import Placement, ShardedChunkStore, ShardedIdStore
+from .sharded import Location, Placement, ShardedChunkStore, ShardedIdStore
 from .unsharded import UnshardedChunkStore
 
 __all__ = [
@@ -14,4 +14,5 @@ __all__ = [
     "ShardedChunkStore",
     "ShardedIdStore",
     "Placement",
+    "Location",
 ]

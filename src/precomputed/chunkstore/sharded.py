@@ -1,10 +1,24 @@
 """Sharded scales: chunks packed into ``neuroglancer_uint64_sharded_v1`` shard files.
 
-:class:`ShardedIdStore` is the format's store of uint64 ids to bytes (what meshes and
-segment properties use directly): batched, concurrent index lookups with cached shard
-index entries and minishard indices, and shard rewrites that are each written once,
-conditionally on the generation read. :class:`ShardedChunkStore` puts a scale's chunk
-grid on it: a grid position is a compressed Morton id.
+:class:`ShardedIdStore` is the format's one store of uint64 ids to bytes: a scale's chunks
+(through :class:`ShardedChunkStore`, which puts the chunk grid on it: a grid position is a
+compressed Morton id) and per-segment data such as sharded meshes (the id *is* the
+segment id). It offers
+
+- :meth:`~ShardedIdStore.locate_many` — where each id's value lies (shard key and
+  absolute byte range) without reading it; :meth:`~ShardedIdStore.read_many` — the
+  values. Index lookups are batched and concurrent, shard index entries and minishard
+  indices cached (bounded), a minishard index another thread is loading waited for, not
+  fetched twice; shards a caller wants whole are read in one request each;
+- :meth:`~ShardedIdStore.commit` / :meth:`~ShardedIdStore.commit_shard` — put or delete
+  values, each shard rewritten once, conditionally on the generation read (re-read and
+  merged again when another writer got there first).
+
+Values may carry *unindexed prefixes*: bytes stored immediately before a value, outside
+its indexed range, where the sharded multi-resolution mesh format keeps a segment's
+fragment data (in front of its manifest). A commit stores the ``prefixes`` given for new
+values and keeps those of the entries it does not replace when told their size
+(``prefix_size``).
 """
 
 from __future__ import annotations
@@ -13,18 +27,21 @@ import random
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
 from cachetools import LRUCache
 
 from .. import sharding as sh
-from ..errors import ConditionFailedError, CorruptDataError
+from ..errors import ConditionFailedError, CorruptDataError, InvalidArgumentError
 from ..internal.geometry import ChunkGrid, Vec3
 from ..kvstore import NO_VALUE, KvStore
 from .base import ChunkStore, CommitStats, join_key
 
-__all__ = ["Placement", "ShardedIdStore", "ShardedChunkStore", "shard_number"]
+__all__ = ["Location", "Placement", "ShardedIdStore", "ShardedChunkStore", "shard_number"]
+
+_U64_MAX = (1 << 64) - 1
 
 
 class Placement(NamedTuple):
@@ -33,6 +50,37 @@ class Placement(NamedTuple):
     ids: np.ndarray
     shards: np.ndarray
     minishards: np.ndarray
+
+
+class Location(NamedTuple):
+    """Where a stored value lies: shard file ``key`` and absolute bytes ``[start, stop)``
+    (still in the shard ``data_encoding``)."""
+
+    key: str
+    start: int
+    stop: int
+
+
+def _id(value: object) -> int:
+    try:
+        i = int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError) as e:
+        raise InvalidArgumentError(f"ids must be integers in [0, 2**64): {e}") from None
+    if not 0 <= i <= _U64_MAX:
+        raise InvalidArgumentError(f"ids must be integers in [0, 2**64), got {i}")
+    return i
+
+
+def _id_array(ids: Sequence[int] | np.ndarray) -> np.ndarray:
+    """``ids`` as a flat uint64 array; :class:`InvalidArgumentError` for anything that is
+    not an integer in ``[0, 2**64)``."""
+    if isinstance(ids, np.ndarray):
+        if ids.dtype.kind == "i" and ids.size and int(ids.min()) < 0:
+            raise InvalidArgumentError(f"ids must be integers in [0, 2**64), got {ids.min()}")
+        if ids.dtype.kind not in "iu":
+            return np.array([_id(i) for i in ids.reshape(-1).tolist()], np.uint64)
+        return ids.astype(np.uint64, copy=False).reshape(-1)
+    return np.array([_id(i) for i in ids], np.uint64)
 
 
 def _ids_text(ids: Iterable[int], limit: int = 8) -> str:
@@ -63,7 +111,7 @@ class ShardedIdStore:
     minishard index, data) and one when warm: index entries and minishard indices are
     cached (bounded). The first read of a shard fetches its whole index when that is at most
     ``INDEX_SPAN_BYTES`` (otherwise the span of the entries needed); shards a caller knows
-    are wholly wanted (``whole``) are read in one request each.
+    are wholly wanted (``whole``) are read in one request each. Thread-safe.
     """
 
     #: Number of cached minishard indices / shard index entries.
@@ -73,6 +121,9 @@ class ShardedIdStore:
     INDEX_SPAN_BYTES = 64 * 1024
     #: Attempts to rewrite a shard that other writers keep changing before giving up.
     MAX_COMMIT_RETRIES = 64
+    #: Shards rewritten at once by :meth:`commit` (a scale's chunk commits are scheduled
+    #: by :mod:`precomputed.writepath` instead, one :meth:`commit_shard` per group).
+    COMMIT_CONCURRENCY = 8
 
     def __init__(self, kvstore: KvStore, prefix: str, spec: sh.ShardingSpec) -> None:
         self.kvstore = kvstore
@@ -91,18 +142,23 @@ class ShardedIdStore:
             self.INDEX_CACHE_ENTRIES
         )
 
+    def __repr__(self) -> str:
+        return f"ShardedIdStore({self.kvstore.url + self.prefix!r})"
+
     # -- placement ----------------------------------------------------------------------
     def place(self, ids: Sequence[int] | np.ndarray) -> Placement:
-        """Shard and minishard numbers of ``ids``."""
+        """Shard and minishard numbers of ``ids`` (:class:`InvalidArgumentError` for an id
+        that is not an integer in ``[0, 2**64)``)."""
         if len(ids) <= 8:  # a few ids: integer arithmetic beats numpy's set-up
-            got = [(int(i), *sh.placement_of_id(int(i), self.spec)) for i in ids]
+            got = [(i, *sh.placement_of_id(i, self.spec)) for i in map(_id, ids)]
             cols = list(zip(*got, strict=True)) or [(), (), ()]
             return Placement(*(np.array(c, np.uint64) for c in cols))
-        arr = np.asarray(ids, dtype=np.uint64).reshape(-1)
+        arr = _id_array(ids)
         shards, minishards = sh.shard_and_minishard(arr, self.spec)  # hashes internally
         return Placement(arr, shards, minishards)
 
     def shard_key(self, shard: int) -> str:
+        """Storage key of shard number ``shard``."""
         return join_key(self.prefix, sh.shard_filename(int(shard), self.spec))
 
     def describe(self, chunk_id: int) -> str:
@@ -111,7 +167,8 @@ class ShardedIdStore:
         return f"{self.shard_key(int(p.shards[0]))}, minishard {int(p.minishards[0])}, chunk id {int(chunk_id)}"
 
     def invalidate(self, shards: Iterable[int] | None = None) -> None:
-        """Forget cached index data of ``shards`` (all when None)."""
+        """Forget cached index data of ``shards`` (all when None), e.g. after another
+        writer's change."""
         with self._lock:
             if shards is None:
                 self._entries.clear()
@@ -123,6 +180,16 @@ class ShardedIdStore:
                     del cache[k]
 
     # -- reading --------------------------------------------------------------------------
+    def locate_many(self, ids: Sequence[int] | np.ndarray) -> list[Location | None]:
+        """Where each id's stored value lies (``None`` where the id is absent), without
+        reading it: the index lookups of :meth:`read_many`, batched and cached alike. For
+        callers that read more than the value (e.g. the unindexed prefix in front of it),
+        then check and decode it with :meth:`check_read` and :meth:`decode_value`."""
+        if not len(ids):
+            return []
+        p = self.place(ids)
+        return self._locate(range(len(p.ids)), p)
+
     def read_many(
         self, ids: Sequence[int] | np.ndarray, *, deferred: bool = False
     ) -> list[bytes | None]:
@@ -145,7 +212,7 @@ class ShardedIdStore:
         if whole:
             self._read_whole_shards(whole, ids, shards, out, deferred)
         if rest:
-            self._read_via_indices(rest, ids, shards, minis, out, deferred)
+            self._read_via_indices(rest, p, out, deferred)
         return out
 
     def finish(self, blob: bytes, chunk_id: Callable[[], int]) -> bytes:
@@ -163,6 +230,44 @@ class ShardedIdStore:
             )
             sh.decode_chunk_data(blob, self.spec, what)  # raises again, naming the chunk
             raise  # pragma: no cover
+
+    def check_read(self, id_: int, loc: Location, blob: bytes | None) -> None:
+        """Raise :class:`CorruptDataError` unless ``blob`` is all of ``loc``'s bytes (a
+        read at a :meth:`locate_many` location came back short: the shard changed or is
+        truncated)."""
+        if blob is None or len(blob) != loc.stop - loc.start:
+            raise CorruptDataError(
+                f'Error reading id {id_} in "{loc.key}": Requested byte range '
+                f"[{loc.start}, {loc.stop}) is not valid for value of size "
+                f"{_size_seen(loc.start, blob)}"
+            )
+
+    def decode_value(self, id_: int, loc: Location, blob: bytes | memoryview) -> bytes:
+        """Remove the shard ``data_encoding`` from the value of ``id_`` read at ``loc``."""
+        return sh.decode_chunk_data(blob, self.spec, f'id {id_} in "{loc.key}"')
+
+    def _locate(self, idx: Iterable[int], p: Placement) -> list[Location | None]:
+        """Locations of the placed ids at positions ``idx`` of ``p``."""
+        ids, shards, minis = p
+        idx = list(idx)
+        # (shard, minishard) -> a requested chunk id in it, to name in error messages.
+        wanted: dict[tuple[int, int], int] = {}
+        for i in idx:
+            wanted.setdefault((int(shards[i]), int(minis[i])), int(ids[i]))
+        tables = self._minishard_tables(wanted)
+        keys: dict[int, str] = {}
+        out: list[Location | None] = []
+        for i in idx:
+            s = int(shards[i])
+            rng = tables[(s, int(minis[i]))].get(int(ids[i]))
+            if rng is None:
+                out.append(None)
+                continue
+            key = keys.get(s)
+            if key is None:
+                key = keys[s] = self.shard_key(s)
+            out.append(Location(key, *rng))
+        return out
 
     def _read_whole_shards(
         self,
@@ -196,26 +301,14 @@ class ShardedIdStore:
                 out[i] = contents[s].get(int(ids[i]))  # type: ignore[assignment]
 
     def _read_via_indices(
-        self,
-        idx: list[int],
-        ids: np.ndarray,
-        shards: np.ndarray,
-        minis: np.ndarray,
-        out: list[bytes | None],
-        deferred: bool = False,
+        self, idx: list[int], p: Placement, out: list[bytes | None], deferred: bool = False
     ) -> None:
-        # (shard, minishard) -> a requested chunk id in it, to name in error messages.
-        wanted: dict[tuple[int, int], int] = {}
-        for i in idx:
-            wanted.setdefault((int(shards[i]), int(minis[i])), int(ids[i]))
-        tables = self._minishard_tables(wanted)
+        ids, _, minis = p
         requests: list[tuple[str, int, int]] = []
         targets: list[int] = []
-        for i in idx:
-            key = (int(shards[i]), int(minis[i]))
-            rng = tables[key].get(int(ids[i]))
-            if rng is not None:
-                requests.append((self.shard_key(key[0]), rng[0], rng[1]))
+        for i, loc in zip(idx, self._locate(idx, p), strict=True):
+            if loc is not None:
+                requests.append(loc)
                 targets.append(i)
         if not requests:
             return
@@ -382,29 +475,58 @@ class ShardedIdStore:
         return found
 
     # -- writing --------------------------------------------------------------------------
-    def commit(self, updates: Mapping[int, bytes | None]) -> CommitStats:
-        """Store ``{chunk id: volume-encoded bytes or None (delete)}``: grouped by shard,
-        each shard rewritten once (:meth:`commit_shard`), one shard after another."""
+    def commit(
+        self,
+        updates: Mapping[int, bytes | None],
+        *,
+        prefixes: Mapping[int, bytes] | None = None,
+        prefix_size: Callable[[int, bytes], int] | None = None,
+    ) -> CommitStats:
+        """Store ``{id: bytes or None (delete)}``: grouped by shard, each shard rewritten
+        once (:meth:`commit_shard`), up to :attr:`COMMIT_CONCURRENCY` shards at a time.
+        ``prefixes`` and ``prefix_size``: see :meth:`commit_shard`."""
         ids = list(updates)
         shards = self.place(ids).shards.tolist() if ids else []
         by_shard: dict[int, dict[int, bytes | None]] = {}
         for cid, shard in zip(ids, shards, strict=True):
             by_shard.setdefault(int(shard), {})[int(cid)] = updates[cid]
+
+        def one(item: tuple[int, dict[int, bytes | None]]) -> CommitStats:
+            return self.commit_shard(*item, prefixes=prefixes, prefix_size=prefix_size)
+
+        items = sorted(by_shard.items())
+        if len(items) <= 1:
+            results = [one(item) for item in items]
+        else:
+            with ThreadPoolExecutor(min(self.COMMIT_CONCURRENCY, len(items))) as pool:
+                results = list(pool.map(one, items))
         total = CommitStats()
-        for shard, members in sorted(by_shard.items()):
-            total.add(self.commit_shard(shard, members))
+        for got in results:
+            total.add(got)
         return total
 
     def commit_shard(
-        self, shard: int, updates: Mapping[int, bytes | None], *, full: bool = False
+        self,
+        shard: int,
+        updates: Mapping[int, bytes | None],
+        *,
+        full: bool = False,
+        prefixes: Mapping[int, bytes] | None = None,
+        prefix_size: Callable[[int, bytes], int] | None = None,
     ) -> CommitStats:
-        """Rewrite one shard with ``updates`` (chunk id -> volume-encoded bytes, or None to
-        delete) merged in, exactly once.
+        """Rewrite one shard with ``updates`` (id -> bytes, or None to delete) merged in,
+        exactly once.
 
         Reads the shard (unless ``full``: the updates supply every chunk of it), merges,
         encodes in TensorStore's order and writes conditionally on the generation that was
         read; if another writer changed the shard in between, re-reads and merges again.
-        This is the one conditional read-modify-write of the chunk layer.
+        This is the one conditional read-modify-write of the chunk layer. A shard that
+        cannot be parsed is never overwritten (:class:`CorruptDataError`).
+
+        ``prefixes`` (``{id: bytes}``) are stored, never encoded, just before the new values
+        of those ids, outside their indexed ranges. Entries kept from the stored shard keep
+        their prefix only when ``prefix_size(id, value)`` tells its size (default: none,
+        so only the indexed bytes survive).
         """
         key = self.shard_key(shard)
         # Apply the shard data encoding once, outside the retry loop.
@@ -412,8 +534,14 @@ class ShardedIdStore:
             int(cid): None if data is None else sh.encode_chunk_data(data, self.spec)
             for cid, data in updates.items()
         }
+        fresh_prefixes: dict[int, bytes | memoryview] = {
+            cid: prefixes[cid]
+            for cid, data in new.items()
+            if data is not None and prefixes and prefixes.get(cid)
+        }
         stats = CommitStats(keys=[key])
         while True:
+            kept: dict[int, bytes | memoryview] = {}
             if full:
                 merged: dict[int, bytes | memoryview] = {}
                 generation = None
@@ -421,9 +549,9 @@ class ShardedIdStore:
                 blob, generation = self.kvstore.read_with_generation(key)
                 # Keep stored chunks in their data encoding (zero-copy views into the old
                 # shard): no gunzip/gzip round trip, and only the old + the new shard in
-                # memory. A shard that cannot be parsed is never overwritten.
+                # memory.
                 try:
-                    merged = {} if not blob else sh.split_shard(blob, self.spec, key, decode=False)
+                    merged = {} if not blob else self._stored(blob, key, new, prefix_size, kept)
                 except CorruptDataError as e:
                     raise CorruptDataError(
                         f'Cannot write {_ids_text(new)} to shard "{key}" (nothing was '
@@ -435,8 +563,13 @@ class ShardedIdStore:
                     merged.pop(cid, None)
                 else:
                     merged[cid] = data
-            encoded = sh.encode_shard(merged, self.spec, data_encoded=True) if merged else None
-            del merged
+            kept.update(fresh_prefixes)
+            encoded = (
+                sh.encode_shard(merged, self.spec, data_encoded=True, prefixes=kept or None)
+                if merged
+                else None
+            )
+            del merged, kept
             if generation is None:
                 if encoded is None:
                     self.kvstore.delete(key)
@@ -466,6 +599,33 @@ class ShardedIdStore:
         stats.chunks_written = sum(1 for v in new.values() if v is not None)
         stats.chunks_deleted = len(new) - stats.chunks_written
         return stats
+
+    def _stored(
+        self,
+        blob: bytes,
+        key: str,
+        replaced: Mapping[int, object],
+        prefix_size: Callable[[int, bytes], int] | None,
+        prefixes: dict[int, bytes | memoryview],
+    ) -> dict[int, bytes | memoryview]:
+        """The entries of a stored shard as views into ``blob`` (validated as TensorStore's
+        write path does); with ``prefix_size``, the unindexed prefixes of the entries not
+        ``replaced`` are added to ``prefixes`` (views too)."""
+        view = memoryview(blob)
+        entries = sh.shard_entries(blob, self.spec, key)
+        if prefix_size is not None:
+            for cid, (a, b) in entries.items():
+                if cid in replaced:
+                    continue
+                n = prefix_size(cid, self.decode_value(cid, Location(key, a, b), view[a:b]))
+                if not 0 <= n <= a - self.index_size:
+                    raise CorruptDataError(
+                        f'Error reading id {cid} in "{key}": its {n} bytes of prefix do not '
+                        f"fit before byte {a}"
+                    )
+                if n:
+                    prefixes[cid] = view[a - n : a]
+        return {cid: view[a:b] for cid, (a, b) in entries.items()}
 
 
 class ShardedChunkStore(ChunkStore):

@@ -12,10 +12,10 @@ Formats and their byte layouts: docs/format/meshes.md. Needs the ``meshes`` extr
 (DracoPy for multi-resolution meshes, zmesh to generate them).
 """
 
-from ._info import LEGACY_TYPE, MULTILOD_TYPE, MeshInfo, parse_mesh_info
-from ._manifest import MultiLodManifest
-from ._mesh import Mesh
-from .generate import generate
+from .generate import Progress, generate
+from .info import LEGACY_TYPE, MULTILOD_TYPE, MeshInfo, parse_mesh_info
+from .manifest import MultiLodManifest
+from .mesh import Mesh
 from .reader import LegacyMeshSource, MeshSource, MultiLodMeshSource, open
 from .writer import LodOptions, MeshWriteStats, MultiLodWriter, choose_mesh_sharding, remesh, write
 
@@ -31,6 +31,7 @@ __all__ = [
     "MultiLodManifest",
     "MultiLodMeshSource",
     "MultiLodWriter",
+    "Progress",
     "choose_mesh_sharding",
     "generate",
     "open",

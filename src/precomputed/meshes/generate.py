@@ -23,15 +23,16 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidArgumentError
-from ._mesh import Mesh
+from .mesh import Mesh
 
-__all__ = ["generate", "Progress"]
+__all__ = ["generate", "Progress", "import_zmesh"]
 
 #: ``progress(stage, done, total)``: stage ``"scan"`` (first pass) or ``"mesh"`` (blocks).
 Progress = Callable[[str, int, int], None]
 
 
-def _zmesh() -> Any:
+def import_zmesh() -> Any:
+    """The ``zmesh`` module (an ``ImportError`` naming the ``meshes`` extra without it)."""
     try:
         import zmesh
     except ImportError:  # pragma: no cover
@@ -141,7 +142,7 @@ def generate(
     most ``max_error`` nm (default: half the smallest voxel edge, so vertices stay within
     one voxel of the label boundary).
     """
-    zmesh = _zmesh()
+    zmesh = import_zmesh()
     seg = _Segmentation(source, resolution, voxel_offset)
     lo, hi = seg.origin, seg.origin + seg.shape
     if region is not None:

@@ -26,15 +26,15 @@ from typing import Any
 import numpy as np
 from cachetools import LRUCache
 
-from .._info_members import read_json, resolve_subdir, volume_location
+from ..chunkstore import ShardedIdStore
 from ..errors import CorruptDataError, InvalidArgumentError, NotFoundError, OutOfRangeError
+from ..info_members import read_json, resolve_subdir, volume_location
 from ..kvstore import KvStore, open_kvstore
-from ..sharded_ids import ShardedIdStore
-from ._draco import decode_fragment
-from ._info import LEGACY_TYPE, MULTILOD_TYPE, MeshInfo, parse_mesh_info
-from ._legacy import decode_legacy_fragment, maybe_gunzip, parse_legacy_manifest
-from ._manifest import MultiLodManifest
-from ._mesh import Mesh
+from .draco import decode_fragment
+from .info import LEGACY_TYPE, MULTILOD_TYPE, MeshInfo, parse_mesh_info
+from .legacy import decode_legacy_fragment, maybe_gunzip, parse_legacy_manifest
+from .manifest import MultiLodManifest
+from .mesh import Mesh
 
 __all__ = ["open", "MeshSource", "MultiLodMeshSource", "LegacyMeshSource"]
 
@@ -172,7 +172,7 @@ class MultiLodMeshSource(MeshSource):
             return NotFoundError(
                 f'No mesh for segment {sid}: "{self.url}{sid}.index" does not exist'
             )
-        key = self.shards.shard_key(int(self.shards.placement([sid])[0][0]))
+        key = self.shards.shard_key(int(self.shards.place([sid]).shards[0]))
         return NotFoundError(
             f'No mesh for segment {sid}: it is not in shard "{self.kvstore.url}{key}"'
         )

@@ -2,7 +2,7 @@
 
 - :class:`MultiLodWriter` — encode meshes (nm) into a mesh directory, unsharded
   (``<id>`` data then ``<id>.index``) or sharded (all shards written once, by
-  :class:`~precomputed.sharded_ids.ShardedIdStore`, on :meth:`MultiLodWriter.close`);
+  :class:`~precomputed.chunkstore.ShardedIdStore`, on :meth:`MultiLodWriter.close`);
 - :func:`write` — generate meshes of a volume (or array) and write them, with the mesh
   ``info`` and the volume ``info``'s ``mesh`` member (conditional write);
 - :func:`remesh` — regenerate the meshes of some segments (e.g. after a label edit) into
@@ -11,7 +11,7 @@
 Levels of detail: LOD 0 is the generated mesh; each coarser LOD simplifies the previous
 one (zmesh, ``lod_reduction`` times fewer triangles, error bound doubling per LOD). Octree
 nodes of LOD 0 are ``chunk_voxels`` voxels wide and double per LOD, until one node covers
-the segment (see :mod:`._octree`).
+the segment (see :mod:`.octree`).
 """
 
 from __future__ import annotations
@@ -23,16 +23,16 @@ from typing import Any
 
 import numpy as np
 
-from .._info_members import read_json, resolve_subdir, set_info_member, volume_location
+from ..chunkstore import ShardedIdStore
 from ..errors import InvalidArgumentError, NotFoundError, UnimplementedError
+from ..info_members import read_json, resolve_subdir, set_info_member, volume_location
 from ..kvstore import KvStore, open_kvstore
-from ..sharded_ids import ShardedIdStore
 from ..sharding import ShardingSpec
-from ._info import MULTILOD_TYPE, MeshInfo, parse_mesh_info
-from ._manifest import MultiLodManifest
-from ._mesh import Mesh
-from ._octree import encode_lods, plan_octree
-from .generate import Progress, generate
+from .generate import Progress, generate, import_zmesh
+from .info import MULTILOD_TYPE, MeshInfo, parse_mesh_info
+from .manifest import MultiLodManifest
+from .mesh import Mesh
+from .octree import encode_lods, plan_octree
 
 __all__ = [
     "LodOptions",
@@ -100,9 +100,7 @@ def choose_mesh_sharding(num_segments: int) -> ShardingSpec:
 
 
 def _simplifier() -> Any:
-    from .generate import _zmesh
-
-    return _zmesh().Mesher((1.0, 1.0, 1.0))
+    return import_zmesh().Mesher((1.0, 1.0, 1.0))
 
 
 def lod_meshes(mesh: Mesh, count: int, options: LodOptions, resolution: np.ndarray) -> list[Mesh]:
@@ -244,8 +242,8 @@ class MultiLodWriter:
             store = ShardedIdStore(self.kvstore, self.prefix, self.sharding)
             values = {i: None if v is None else v[0] for i, v in self._pending.items()}
             prefixes = {i: v[1] for i, v in self._pending.items() if v is not None}
-            got = store.write(values, prefixes=prefixes, prefix_size=_fragment_bytes)
-            self.stats.shards_written += got.shards_written
+            got = store.commit(values, prefixes=prefixes, prefix_size=_fragment_bytes)
+            self.stats.shards_written += got.groups_written
             self._pending.clear()
         if self.write_info:
             self.kvstore.write(self.prefix + "info", self.info().dumps())

@@ -21,7 +21,7 @@ from precomputed.errors import (
     NotFoundError,
     OutOfRangeError,
 )
-from precomputed.meshes._manifest import MultiLodManifest
+from precomputed.meshes.manifest import MultiLodManifest
 from servers import RangeServer
 
 pytest.importorskip("DracoPy")
@@ -248,14 +248,14 @@ def test_hostile_legacy_files(igneous: dict[str, Path], tmp_path: Path) -> None:
 
 
 def test_hostile_sharded_manifest_offsets(igneous: dict[str, Path], tmp_path: Path) -> None:
-    from precomputed.sharded_ids import ShardedIdStore
+    from precomputed.chunkstore import ShardedIdStore
 
     d = _copy(igneous, "sharded", tmp_path)
     src = meshes.open("file://" + str(d))
     assert isinstance(src, meshes.MultiLodMeshSource) and src.shards is not None
     # Replace 7's manifest by one whose fragments would start inside the shard index.
     store = ShardedIdStore(src.kvstore, src.prefix, src.shards.spec)
-    store.write({7: _manifest(1, [1], [1 << 20])})
+    store.commit({7: _manifest(1, [1], [1 << 20])})
     with pytest.raises(CorruptDataError, match="inside the shard index"):
         meshes.open("file://" + str(d)).get(7)
 

@@ -1,19 +1,13 @@
-"""Segment properties: names, descriptions, tags and numbers attached to segment ids.
+"""Segment properties as data: the ``neuroglancer_segment_properties`` ``info`` parsed,
+validated and dumped, with no I/O (reading and writing stores: :mod:`.io`).
 
-The ``neuroglancer_segment_properties`` format (see docs/format/segment-properties.md): a
-directory with one ``info`` JSON file holding, in its ``inline`` member, the segment ids
-(base-10 strings) and one column of values per property. A segmentation volume names the
-directory in its ``info`` as ``"segment_properties"``.
-
-- :func:`read` — from a volume (or its URL) or the properties directory's URL;
-- :func:`write` — validate, write ``<dir>/info`` and link it from the volume ``info``
-  (conditionally on the info's generation);
+- :func:`parse` — a properties ``info`` object to :class:`SegmentProperties`, following
+  Neuroglancer's parser (what it accepts, we accept, with clearer errors);
 - :class:`SegmentProperties` — ids as a uint64 array, properties as columns, conversion
-  to a plain dict of columns (napari ``features``), search by label and by tag.
-
-Reading follows Neuroglancer's parser (what it accepts, we accept, with clearer errors);
-writing also enforces the format's "must" rules (unique ids and property ids, at most one
-label, description and tags property, tag indices in range).
+  to a plain dict of columns (napari ``features``), search by label and by tag;
+  :meth:`SegmentProperties.to_json` also enforces the format's "must" rules (unique ids and
+  property ids, at most one label, description and tags property, tag indices in range);
+- :class:`Property` — one column, with constructors per property type.
 """
 
 from __future__ import annotations
@@ -27,17 +21,15 @@ from typing import Any
 
 import numpy as np
 
-from ._info_members import read_json, resolve_subdir, set_info_member, volume_location
-from .errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
-from .kvstore import KvStore, open_kvstore
+from ..errors import FailedPreconditionError, InvalidArgumentError
 
 __all__ = [
     "SEGMENT_PROPERTIES_TYPE",
+    "PROPERTY_TYPES",
     "NUMBER_TYPES",
+    "MAX_TAGS",
     "Property",
     "SegmentProperties",
-    "read",
-    "write",
     "parse",
 ]
 
@@ -576,67 +568,3 @@ def _parse_property(po: Any, n: int, where: str, w: _Where) -> Property:
         if not isinstance(v, str):
             raise w.error(f"{where}.values[{k}]", f"Expected string, but received: {_dump(v)}")
     return Property(pid, type_, np.array(values, dtype=object).reshape(-1), description)
-
-
-# ---------------------------------------------------------------------------------------
-# Reading and writing stores
-# ---------------------------------------------------------------------------------------
-
-
-def _locate(source: Any, storage_options: Mapping[str, Any]) -> tuple[KvStore, str, Any]:
-    """(store, path, info JSON at path) of a volume, a URL or a (store, path) pair."""
-    if hasattr(source, "kvstore") and hasattr(source, "info"):
-        kv, path = volume_location(source)
-        return kv, path, read_json(kv, path + "info")  # current, not as opened
-    if isinstance(source, tuple):
-        kv, path = source
-    else:
-        url = str(source)
-        if url.startswith("precomputed://"):
-            url = url[len("precomputed://") :]
-        kv, path = open_kvstore(url.rstrip("/") + "/", **storage_options), ""
-    return kv, path, read_json(kv, path + "info")
-
-
-def read(source: Any, **storage_options: Any) -> SegmentProperties:
-    """Segment properties of a volume (opened, or its URL: follows the info's
-    ``segment_properties`` member) or of a properties directory URL."""
-    kv, path, info = _locate(source, storage_options)
-    if isinstance(info, Mapping) and info.get("@type") == SEGMENT_PROPERTIES_TYPE:
-        return parse(info, kv.url + path + "info")
-    if not isinstance(info, Mapping) or "segment_properties" not in info:
-        raise NotFoundError(
-            f'"{kv.url}{path}info" has no "segment_properties" member (and is not a '
-            "segment properties info)"
-        )
-    pkv, prefix = resolve_subdir(
-        kv, path, info["segment_properties"], "segment_properties", **storage_options
-    )
-    key = prefix + "info"
-    return parse(read_json(pkv, key), pkv.url + key)
-
-
-def write(
-    target: Any,
-    properties: SegmentProperties,
-    *,
-    directory: str = "segment_properties",
-    link: bool = True,
-    **storage_options: Any,
-) -> str:
-    """Write ``properties`` to ``<directory>/info`` next to a volume's ``info`` and (with
-    ``link``) set the volume's ``segment_properties`` member to ``directory``
-    conditionally on the info's generation. Returns the key written."""
-    doc = properties.to_json()  # validates
-    if hasattr(target, "kvstore") and hasattr(target, "info"):
-        kv, path = volume_location(target)
-    elif isinstance(target, tuple):
-        kv, path = target
-    else:
-        kv, path = open_kvstore(str(target).rstrip("/") + "/", **storage_options), ""
-    pkv, prefix = resolve_subdir(kv, path, directory, "segment_properties")
-    key = prefix + "info"
-    pkv.write(key, json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
-    if link:
-        set_info_member(kv, path, "segment_properties", directory)
-    return key

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import sharding as sh
-from ._draco import encode_fragment
-from ._manifest import MAX_LODS, MultiLodManifest
+from .draco import encode_fragment
+from .manifest import MAX_LODS, MultiLodManifest
 
 __all__ = ["OctreePlan", "plan_octree", "cut_on_grid", "encode_lods"]
 

@@ -1,52 +1,17 @@
-"""Segment properties (``neuroglancer_segment_properties``, inline form): read, write,
-link from the volume info, search, hostile input.
-
-No installed library writes this format (CloudVolume 12 and Igneous have no segment
-properties), so the stored JSON here is spelled out from Neuroglancer's spec
-(src/datasource/precomputed/segment_properties.md and its JSON schema) and parser
-(frontend.ts ``parseInlinePropertyMap``)."""
+"""Segment properties as data (``precomputed.segment_properties.model``): parse every
+property type, columns for napari, search, hostile input naming the member, the writer's
+validation, round trips. The stored JSON: tests/segment_properties_cases.py."""
 
 from __future__ import annotations
 
 import json
-import threading
 
 import numpy as np
 import pytest
 
-import precomputed
 from precomputed import segment_properties as sp
-from precomputed._info_members import set_info_member
-from precomputed.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
-from precomputed.kvstore import MemoryKvStore
-from volumes import volume_spec
-
-# The shape of the spec's example: every property type, ids not sorted, a big id.
-STORED = {
-    "@type": "neuroglancer_segment_properties",
-    "inline": {
-        "ids": ["42", "7", "18446744073709551615"],
-        "properties": [
-            {"id": "label", "type": "label", "values": ["Pyramidal cell", "astro", ""]},
-            {"id": "description", "type": "description", "values": ["a", "b", "c"]},
-            {
-                "id": "region",
-                "type": "string",
-                "description": "brain area",
-                "values": ["V1", "V2", "V1"],
-            },
-            {
-                "id": "tags",
-                "type": "tags",
-                "tags": ["soma", "axon", "Glia"],
-                "tag_descriptions": ["has a soma", "is an axon", "a glial cell"],
-                "values": [[0, 1], [2], []],
-            },
-            {"id": "volume", "type": "number", "data_type": "float32", "values": [1.5, 2, -3e5]},
-            {"id": "synapses", "type": "number", "data_type": "uint16", "values": [3, 0, 65535]},
-        ],
-    },
-}
+from precomputed.errors import FailedPreconditionError, InvalidArgumentError
+from segment_properties_cases import STORED
 
 
 def test_parse_every_property_type() -> None:
@@ -92,89 +57,6 @@ def test_search_by_label_and_tag() -> None:
         props.find_by_label("(", regex=True)
 
 
-def test_write_links_the_volume_and_reads_back(memory_store: MemoryKvStore) -> None:
-    vol = precomputed.open(
-        volume_spec(
-            memory_store.spec(),
-            "uint64",
-            type="segmentation",
-            size=[8, 8, 8],
-            resolution=[4, 4, 40],
-        ),
-        create=True,
-    )
-    props = sp.SegmentProperties(
-        np.array([3, 1, 2], dtype=np.uint64),
-        (
-            sp.Property.label(["c", "a", "b"]),
-            sp.Property.number("size", np.array([10, 20, 30], dtype=np.int32)),
-            sp.Property.tag_sets([["x"], ["y", "x"], []], tags=["x", "y"]),
-        ),
-    )
-    key = sp.write(vol, props)
-    assert key.endswith("segment_properties/info")
-    info = json.loads(memory_store.read("info"))
-    assert info["segment_properties"] == "segment_properties"
-    stored = json.loads(memory_store.read("segment_properties/info"))
-    assert stored["inline"]["ids"] == ["3", "1", "2"]
-    assert stored["inline"]["properties"][2]["values"] == [[0], [0, 1], []]
-    # Read back through the volume (reopened: the info changed), through its URL, and
-    # from the properties directory itself.
-    for source in (
-        precomputed.open(memory_store.url),
-        memory_store.url,
-        memory_store.url + "segment_properties",
-    ):
-        back = sp.read(source)
-        assert back.ids.tolist() == [3, 1, 2]
-        assert back.get(1) == {"label": "a", "size": 20, "tags": ("x", "y")}
-    # The rest of the info survived, byte-for-byte what the driver writes.
-    reopened = precomputed.open(memory_store.url)
-    assert reopened.shape == vol.shape
-
-
-def test_info_link_is_conditional(memory_store: MemoryKvStore) -> None:
-    precomputed.open(
-        volume_spec(
-            memory_store.spec(), "uint32", type="segmentation", size=[4, 4, 4], resolution=[1, 1, 1]
-        ),
-        create=True,
-    )
-    # Another writer changes the info between our read and our write: ours retries and
-    # both members end up in the file.
-    real = memory_store.write_if
-    raced = threading.Event()
-
-    def write_if(key: str, data: bytes | None, gen: str) -> bool:
-        if key == "info" and not raced.is_set():
-            raced.set()
-            set_info_member(memory_store, "", "mesh", "mesh")
-        return real(key, data, gen)
-
-    memory_store.write_if = write_if  # type: ignore[method-assign]
-    assert set_info_member(memory_store, "", "segment_properties", "props")
-    info = json.loads(memory_store.read("info"))
-    assert info["mesh"] == "mesh" and info["segment_properties"] == "props"
-    assert not set_info_member(memory_store, "", "segment_properties", "props")  # unchanged
-
-
-def test_missing_member_and_missing_directory(memory_store: MemoryKvStore) -> None:
-    precomputed.open(
-        volume_spec(
-            memory_store.spec(), "uint32", type="segmentation", size=[4, 4, 4], resolution=[1, 1, 1]
-        ),
-        create=True,
-    )
-    with pytest.raises(NotFoundError, match='"segment_properties"'):
-        sp.read(memory_store.url)
-    set_info_member(memory_store, "", "segment_properties", "props")
-    with pytest.raises(NotFoundError, match="props/info"):
-        sp.read(memory_store.url)
-    set_info_member(memory_store, "", "segment_properties", "../../elsewhere")
-    with pytest.raises(FailedPreconditionError, match="leaves the store"):
-        sp.read(memory_store.url)
-
-
 def _with(member_path: list, value: object) -> dict:
     doc = json.loads(json.dumps(STORED))
     target = doc
@@ -213,21 +95,6 @@ def _with(member_path: list, value: object) -> dict:
 def test_hostile_input_names_the_member(path: list, value: object, named: str) -> None:
     with pytest.raises(FailedPreconditionError, match=named):
         sp.parse(_with(path, value), "props/info")
-
-
-def test_hostile_files(memory_store: MemoryKvStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    memory_store.write("p/info", b'{"@type": "neuroglancer_segment_properties", "inline": NaN}')
-    with pytest.raises(FailedPreconditionError, match="Invalid JSON"):
-        sp.read(memory_store.url + "p")
-    memory_store.write("p/info", b"[" * 100000 + b"]" * 100000)
-    with pytest.raises(FailedPreconditionError, match="Invalid JSON"):
-        sp.read(memory_store.url + "p")
-    import precomputed._info_members as im
-
-    monkeypatch.setattr(im, "MAX_JSON_BYTES", 100)
-    memory_store.write("p/info", json.dumps(STORED).encode())
-    with pytest.raises(FailedPreconditionError, match="bytes of JSON"):
-        sp.read(memory_store.url + "p")
 
 
 def test_writer_validates() -> None:

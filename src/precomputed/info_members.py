@@ -3,32 +3,51 @@
 Three small jobs shared by :mod:`precomputed.meshes` and
 :mod:`precomputed.segment_properties`:
 
-- :func:`volume_location` — the kvstore and path of an opened :class:`Volume`;
+- :func:`volume_location` — the kvstore and path of an opened volume (read structurally:
+  this module sits beside :mod:`precomputed.metadata`, below the volume);
 - :func:`resolve_subdir` — the store and key prefix a member value names (a relative
   directory as Neuroglancer resolves it, or an absolute URL);
 - :func:`set_info_member` — set one top-level member of the volume ``info``
   conditionally on the generation read (retried when another writer got there first),
-  keeping every other member as it is.
+  keeping every other member as it is;
+- :func:`read_json` — a JSON file of bounded size (:data:`MAX_JSON_BYTES`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from . import metadata as md
 from .errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from .kvstore import KvStore, open_kvstore
 
-__all__ = ["volume_location", "resolve_subdir", "set_info_member", "read_json", "MAX_JSON_BYTES"]
+__all__ = [
+    "VolumeLocation",
+    "volume_location",
+    "resolve_subdir",
+    "set_info_member",
+    "read_json",
+    "MAX_JSON_BYTES",
+]
 
 _MAX_RETRIES = 32
 #: Largest JSON metadata file (info, legacy manifest) parsed; larger is refused.
 MAX_JSON_BYTES = 256 * 1024 * 1024
 
 
-def volume_location(volume: Any) -> tuple[KvStore, str]:
+class VolumeLocation(Protocol):
+    """What :func:`volume_location` reads of a volume (a :class:`precomputed.Volume`)."""
+
+    @property
+    def kvstore(self) -> KvStore: ...
+
+    @property
+    def path(self) -> str: ...
+
+
+def volume_location(volume: VolumeLocation) -> tuple[KvStore, str]:
     """``(kvstore, path)`` of an opened volume; ``path`` is "" or ends with ``/``."""
-    return volume.kvstore, volume._h.path
+    return volume.kvstore, volume.path
 
 
 def resolve_subdir(

@@ -1,9 +1,9 @@
-"""Writing meshes: generated from a segmentation (zmesh), split into levels of detail and
-octree fragments, written unsharded and sharded. Oracles: CloudVolume's ``vol.mesh.get``
-reads what we wrote with the same geometry; the geometry lies on the label boundary; the
-fragments keep Neuroglancer's rules (Morton order, parents present, no triangle across the
-2x2x2 partition of LOD > 0 fragments — checked on the Draco data as Neuroglancer's decoder
-splits it — and fragments stitching into watertight surfaces)."""
+"""Writing meshes: split into levels of detail and octree fragments, written unsharded and
+sharded (generation itself: test_mesh_generate.py). Oracles: CloudVolume's
+``vol.mesh.get`` reads what we wrote with the same geometry; the fragments keep
+Neuroglancer's rules (Morton order, parents present, no triangle across the 2x2x2
+partition of LOD > 0 fragments — checked on the Draco data as Neuroglancer's decoder splits
+it — and fragments stitching into watertight surfaces)."""
 
 from __future__ import annotations
 
@@ -22,40 +22,18 @@ DracoPy = pytest.importorskip("DracoPy")
 pytest.importorskip("zmesh")
 from cloudvolume import CloudVolume  # noqa: E402
 
-from mesh_oracles import IDS, OFFSET, RESOLUTION, segmentation, write_segmentation  # noqa: E402
+from mesh_oracles import (  # noqa: E402
+    IDS,
+    OFFSET,
+    RESOLUTION,
+    near_boundary,
+    segmentation,
+    voxel_coords,
+    watertight,
+    write_segmentation,
+)
 
 SMALL = meshes.LodOptions(chunk_voxels=8)
-
-
-def voxel_coords(mesh: meshes.Mesh, resolution=RESOLUTION, offset=OFFSET) -> np.ndarray:
-    """Vertices in the segmentation array's voxel coordinates (voxel i spans [i, i+1))."""
-    return mesh.vertices / np.asarray(resolution) - np.asarray(offset)
-
-
-def near_boundary(seg: np.ndarray, label: int, p: np.ndarray) -> np.ndarray:
-    """For each point, whether both the label and something else lie within one voxel
-    (27 samples of the cube of half-width 0.99 voxel around it)."""
-    steps = np.array([-0.99, 0.0, 0.99])
-    offs = np.stack(np.meshgrid(steps, steps, steps, indexing="ij"), -1).reshape(-1, 3)
-    idx = np.floor(p[:, None, :] + offs[None]).astype(np.int64)  # (n, 27, 3)
-    inside_vol = ((idx >= 0) & (idx < np.array(seg.shape))).all(-1)
-    clipped = np.clip(idx, 0, np.array(seg.shape) - 1)
-    labels = np.where(inside_vol, seg[clipped[..., 0], clipped[..., 1], clipped[..., 2]], 0)
-    return (labels == label).any(1) & (labels != label).any(1)
-
-
-def enclosed_volume(mesh: meshes.Mesh) -> float:
-    t = mesh.vertices.astype(np.float64)[mesh.faces]
-    return float(np.einsum("ij,ij->i", t[:, 0], np.cross(t[:, 1], t[:, 2])).sum() / 6)
-
-
-def watertight(mesh: meshes.Mesh) -> bool:
-    m = mesh.deduplicated()
-    e = np.sort(
-        np.concatenate([m.faces[:, [0, 1]], m.faces[:, [1, 2]], m.faces[:, [2, 0]]]), axis=1
-    )
-    _, counts = np.unique(e, axis=0, return_counts=True)
-    return bool((counts == 2).all())
 
 
 @pytest.fixture(scope="module")
@@ -66,55 +44,6 @@ def volume_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture
 def fresh_volume(tmp_path: Path) -> precomputed.Volume:
     return precomputed.open(write_segmentation(tmp_path / "v"))
-
-
-# -- geometry --------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("block", [(128, 128, 128), (16, 16, 16)])
-def test_generated_meshes_lie_on_the_label_boundary(block: tuple[int, int, int]) -> None:
-    seg = segmentation()
-    got = dict(meshes.generate(seg, resolution=RESOLUTION, voxel_offset=OFFSET, block_shape=block))
-    assert sorted(got) == sorted(IDS)
-    for sid, mesh in got.items():
-        p = voxel_coords(mesh)
-        assert near_boundary(seg, sid, p).all(), sid
-        assert watertight(mesh), sid  # blocks stitched, region faces closed
-        # The surface encloses the label's volume (up to the chamfered edges).
-        voxels = (seg == sid).sum() * np.prod(RESOLUTION)
-        assert enclosed_volume(mesh) == pytest.approx(voxels, rel=0.15), sid
-
-
-def test_generate_filters_segments_and_regions_and_reports_progress() -> None:
-    seg = segmentation()
-    calls: list[tuple[str, int, int]] = []
-    got = dict(
-        meshes.generate(
-            seg,
-            resolution=RESOLUTION,
-            voxel_offset=OFFSET,
-            segment_ids=[7, 3],
-            block_shape=(32, 32, 16),
-            progress=lambda *a: calls.append(a),
-        )
-    )
-    assert sorted(got) == [3, 7]
-    stages = {c[0] for c in calls}
-    assert stages == {"scan", "mesh"} and calls[-1] == ("mesh", 12, 12)
-    # A region: only the box's lower half, closed at the cut.
-    box = np.array([40, 10, 5]) + OFFSET
-    region = (np.array(OFFSET), np.array(OFFSET) + [64, 64, 20])
-    half = dict(meshes.generate(seg, resolution=RESOLUTION, voxel_offset=OFFSET, region=region))
-    m = half[12345678901]
-    p = voxel_coords(m)
-    assert p[:, 2].max() == pytest.approx(20, abs=1e-3) and watertight(m)
-    assert (p.min(0) >= box - np.array(OFFSET) - 1e-3).all()
-    with pytest.raises(InvalidArgumentError, match="region"):
-        list(meshes.generate(seg, resolution=RESOLUTION, region=((0, 0, 0), (65, 1, 1))))
-    with pytest.raises(InvalidArgumentError, match="integer labels"):
-        list(meshes.generate(seg.astype(np.float32), resolution=RESOLUTION))
-    with pytest.raises(InvalidArgumentError, match="resolution"):
-        list(meshes.generate(seg))
 
 
 # -- multi-resolution structure --------------------------------------------------------------
