@@ -117,8 +117,8 @@ def _time_requests(server: Any) -> list[list[Any]]:
     local = threading.local()
     handle, response = server._handle, server._response
 
-    def timed_response(path: str, rng: str | None) -> Any:
-        out = response(path, rng)
+    def timed_response(path: str, rng: str | None, *rest: Any) -> Any:
+        out = response(path, rng, *rest)
         local.status = out[0]
         return out
 
