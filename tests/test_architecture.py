@@ -80,13 +80,15 @@ PLUGIN_TRANSITIONAL = {
 #: The only exceptions, each with its reason:
 #: - ``_labels`` opens ``_labels_widget``'s dialogs from inside functions (a cycle and an
 #:   upward import the plugin split removes; the split is not part of the driver redesign).
-ALLOWED_EDGES = {("napari_precomputed._labels", "napari_precomputed._labels_widget")}
+ALLOWED_EDGES = {("napari_precomputed.editing.session", "napari_precomputed.widgets.labels")}
 #: - private helpers the pre-split plugin modules import from their siblings (same reason).
 ALLOWED_PRIVATE_IMPORTS = {
-    ("napari_precomputed._labels", "napari_precomputed._pyramid", "_integer_factor"),
-    ("napari_precomputed._labels", "napari_precomputed._reader", "_display_name"),
-    ("napari_precomputed._labels_widget", "napari_precomputed._labels", "_reader_layer_volumes"),
-    ("napari_precomputed._labels_widget", "napari_precomputed._labels", "_may_close_viewer"),
+    ("napari_precomputed.editing.session", "napari_precomputed._pyramid", "_integer_factor"),
+    ("napari_precomputed.editing.session", "napari_precomputed._reader", "_display_name"),
+    ("napari_precomputed.widgets.labels", "napari_precomputed.editing.session",
+     "_reader_layer_volumes"),
+    ("napari_precomputed.widgets.labels", "napari_precomputed.editing.session",
+     "_may_close_viewer"),
 }
 #: - third-party APIs whose public names start with an underscore: fsspec's coroutine
 #:   interface (documented as the ``_``-prefixed twins of its methods), namedtuple's

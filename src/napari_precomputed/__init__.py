@@ -5,10 +5,10 @@ Labels layer for segmentations, placed in nanometres. See docs/napari.md.
 """
 
 from ._array import LevelArray
-from ._labels import CommitError, CommitResult, EditSession, edit_labels, open_sessions
 from ._reader import get_reader, read_volume
 from ._sample_data import make_sample_data
 from ._writer import write_image, write_labels
+from .editing.session import CommitError, CommitResult, EditSession, edit_labels, open_sessions
 
 __all__ = [
     "CommitError",

@@ -49,7 +49,7 @@ from precomputed.internal.geometry import Box
 from precomputed.readpath import fetch
 from precomputed.transaction import Transaction
 
-from ._pyramid import _integer_factor
+from .._pyramid import _integer_factor
 
 __all__ = [
     "EditSession",
@@ -995,7 +995,7 @@ class EditSession:
     def _resolve_unsaved(self, removed_index: int | None) -> bool:
         """Uncommitted edits while the layer goes away. True when the session may end."""
         if _visible_window(self.viewer):
-            from . import _labels_widget as w
+            from ..widgets import labels as w
 
             n = self.dirty_chunks
             choice = w.ask_unsaved(
@@ -1035,7 +1035,7 @@ class EditSession:
         if self.commit_handler is not None:
             self.commit_handler(self)
         elif _visible_window(self.viewer):
-            from ._labels_widget import commit_in_background
+            from ..widgets.labels import commit_in_background
 
             commit_in_background(self)
         else:
@@ -1112,7 +1112,7 @@ def _open_scale(volume: Volume, index: int) -> Volume:
 
 
 def _source_name(source: Any) -> str:
-    from ._reader import _display_name
+    from .._reader import _display_name
 
     try:
         return _display_name(source)
@@ -1165,7 +1165,7 @@ def _may_close_viewer(viewer: Any) -> bool:
     if not sessions:
         return True
     if _visible_window(viewer):
-        from . import _labels_widget as w
+        from ..widgets import labels as w
 
         n = sum(s.dirty_chunks for s in sessions)
         names = ", ".join(repr(s.layer.name) for s in sessions)
@@ -1212,7 +1212,7 @@ def _install_close_guard(viewer: Any) -> None:
     if window is None or getattr(window, "_precomputed_close_guard", False):
         return
     try:
-        from ._labels_widget import install_close_filter
+        from ..widgets.labels import install_close_filter
 
         install_close_filter(viewer)
     except Exception as e:  # pragma: no cover - no Qt window

@@ -28,7 +28,7 @@ from qtpy.QtCore import QEvent, QObject, QTimer, Signal
 import precomputed
 from precomputed import PrecomputedError
 
-from ._labels import (
+from ..editing.session import (
     COMMIT_KEY,
     DEFAULT_VOXEL_BUDGET,
     CommitError,
@@ -372,7 +372,7 @@ class EditLabelsWidget(Container):
         layer = self.source.value
         try:
             if layer is not None:
-                from ._labels import _reader_layer_volumes
+                from ..editing.session import _reader_layer_volumes
 
                 meta = next(iter(_reader_layer_volumes(layer).values())).metadata
             elif str(self.url.value).strip():

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from napari_precomputed import _create
-from napari_precomputed._create import CreateVolumeWidget, field_for_message
+from napari_precomputed.widgets import create as _create
+from napari_precomputed.widgets.create import CreateVolumeWidget, field_for_message
 from precomputed import create as C
 from precomputed.downsample import downsample as downsample_array
 from precomputed.sharding import choose_sharding
@@ -384,7 +384,7 @@ def test_the_widget_is_contributed_by_the_manifest(viewer_model):
     by_name = {w.display_name: w for w in manifest.contributions.widgets}
     contribution = by_name["Create Precomputed volume"]
     command = PluginManager.instance().get_command(contribution.command)
-    assert command.python_name == "napari_precomputed._create:CreateVolumeWidget"
+    assert command.python_name == "napari_precomputed.widgets.create:CreateVolumeWidget"
 
 
 @pytest.mark.qt

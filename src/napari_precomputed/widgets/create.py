@@ -65,7 +65,7 @@ from precomputed.kvstore import open_kvstore
 from precomputed.sharding import choose_sharding
 from precomputed.spec import parse_spec
 
-from ._writer import LayerVolumeSpec, layer_volume_spec
+from .._writer import LayerVolumeSpec, layer_volume_spec
 
 __all__ = ["CreateVolumeWidget"]
 

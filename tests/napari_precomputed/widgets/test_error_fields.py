@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from member_path_cases import CASES
-from napari_precomputed._create import _MEMBER_FIELDS, field_for_message
+from napari_precomputed.widgets.create import _MEMBER_FIELDS, field_for_message
 from precomputed import create
 from precomputed.errors import PrecomputedError
 

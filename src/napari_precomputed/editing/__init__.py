@@ -1,0 +1,1 @@
+"""Label editing: edit sessions and the policy for uncommitted edits (no Qt)."""
