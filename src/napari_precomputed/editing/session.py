@@ -1,26 +1,27 @@
-"""Label editing: a writable, single-scale Labels layer over a region of a segmentation.
+"""Edit sessions: a writable, single-scale Labels layer over a region of a segmentation.
 
 napari cannot paint multiscale Labels, so an :class:`EditSession` opens one scale of a
-region (by default what is in view, capped at a voxel budget) as a single-scale Labels
-layer placed exactly over the read-only pyramid. Its data is an :class:`EditableArray`:
-a lazy view whose ``__setitem__`` -- the one place that sees paint, fill, polygon, erase,
-undo, redo, ``data_setitem`` and programmatic writes alike -- writes into a
-:class:`precomputed.Transaction`. Every read of the session sees those dirty chunks.
+region (by default what is in view, capped at a voxel budget: :mod:`.region`) as a
+single-scale Labels layer placed exactly over the read-only pyramid. Its data is an
+:class:`~.editable.EditableArray` whose writes go into a :class:`precomputed.Transaction`;
+every read of the session sees those dirty chunks.
 
-``commit()`` stores them through the shard-grouped writer (each touched shard, or each
-touched unsharded chunk, written once), invalidates exactly the stored chunks in the
-shared cache, refreshes the pyramid layer and updates the coarser scales of the edited
-voxels by mode downsampling. Edits are never dropped silently:
+``commit()`` stores them through the driver's shard-grouped writer (each touched shard,
+or each touched unsharded chunk, written once; the driver forgets exactly the stored
+chunks in the shared cache), refreshes the layers showing the volume and brings the
+coarser scales of the edited voxels up to date by mode downsampling
+(:func:`precomputed.create.update_coarser_scales`). Edits are never dropped silently:
 
 * A failed commit keeps every edit not stored; a retry stores them. Edits made while a
   commit runs stay dirty for the next one.
 * Each dirty chunk remembers the stored chunk it was based on. Before writing, the
-  commit re-reads the stored chunks: a chunk another writer changed meanwhile is merged
+  commit brings the dirty chunks up to date with storage (:meth:`Transaction.rebase
+  <precomputed.Transaction.rebase>`): a chunk another writer changed meanwhile is merged
   voxel by voxel (theirs where we did not paint, ours where we did) and reported as a
   conflict; a chunk whose edits were all undone is not written at all.
-* Removing the layer, or closing the viewer, with uncommitted edits asks the user
-  (commit / discard / cancel); without a visible window the session follows its
-  ``on_unsaved`` setting (``"commit"`` or ``"keep"``).
+* Removing the layer, or closing the viewer, with uncommitted edits follows the
+  unsaved-edit policy (:mod:`.policy`): ask the user (commit / discard / cancel) or,
+  without a visible window, the session's ``on_unsaved`` setting.
 
 See docs/editing.md.
 """
@@ -28,52 +29,42 @@ See docs/editing.md.
 from __future__ import annotations
 
 import logging
-import math
-import os
 import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import numpy as np
 
 import precomputed
 from precomputed import InvalidArgumentError, OutOfRangeError, PrecomputedError, Volume
-from precomputed.chunkstore import CommitStats
-from precomputed.downsample import downsample_mode
+from precomputed.create import coarser_scales, update_coarser_scales
 from precomputed.driver import open_scale
-from precomputed.internal.geometry import Box
+from precomputed.internal.geometry import Box, Vec3
 from precomputed.readpath import fetch
 from precomputed.transaction import Transaction
 
-from .._pyramid import _integer_factor
+from .._reader import display_name, layer_volumes, matching_layer
+from . import policy
+from .editable import EditableArray
+from .region import DEFAULT_VOXEL_BUDGET, Region, check_region, view_region
+from .results import ChunkConflict, CommitError, CommitResult, plural
 
 __all__ = [
     "EditSession",
-    "EditableArray",
-    "CommitResult",
-    "CommitError",
-    "ChunkConflict",
     "edit_labels",
-    "view_region",
     "open_sessions",
-    "DEFAULT_VOXEL_BUDGET",
-    "UNSAVED_ENV",
+    "unwrap_viewer",
+    "Callbacks",
+    "COMMIT_KEY",
+    "EDIT_METADATA",
 ]
 
 log = logging.getLogger("napari_precomputed")
 
-Region = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
 Progress = Callable[[int, int], None]
 
-#: Default cap on the voxels of a default ("in view") region: 16 Mi voxels.
-DEFAULT_VOXEL_BUDGET = 16 * 1024 * 1024
-#: Environment variable with the headless policy for uncommitted edits.
-UNSAVED_ENV = "NAPARI_PRECOMPUTED_UNSAVED_EDITS"
-_POLICIES = ("commit", "keep")
 #: Key that commits the active edit layer.
 COMMIT_KEY = "Shift-S"
 #: Metadata key of edit layers (reader layers use "precomputed").
@@ -90,16 +81,6 @@ def open_sessions() -> list[EditSession]:
     """Every edit session not closed yet (including ones whose layer was removed with
     edits kept)."""
     return [s for s in list(_sessions) if not s.closed]
-
-
-def default_policy() -> str:
-    """The headless policy for uncommitted edits: ``$NAPARI_PRECOMPUTED_UNSAVED_EDITS``
-    (``commit`` or ``keep``), default ``commit``."""
-    value = os.environ.get(UNSAVED_ENV, "commit").strip().lower()
-    if value not in _POLICIES:
-        log.warning("%s=%r is not one of %s: using 'commit'", UNSAVED_ENV, value, _POLICIES)
-        return "commit"
-    return value
 
 
 class Callbacks:
@@ -125,397 +106,11 @@ class Callbacks:
                 log.debug("napari-precomputed: edit session callback failed: %s", e)
 
 
-# -- results ----------------------------------------------------------------------------------
-
-
-@dataclass
-class ChunkConflict:
-    """A chunk both this session and another writer changed since the session read it.
-
-    The stored chunk was merged voxel by voxel: the other writer's values where this
-    session did not paint, this session's where it did. ``voxels`` counts the voxels both
-    changed to different values (this session's value was kept)."""
-
-    position: tuple[int, int, int]
-    key: str
-    voxels: int
-
-
-@dataclass
-class CommitResult:
-    """What one :meth:`EditSession.commit` did."""
-
-    #: Chunks of the edited scale stored (written or, when all zero, deleted).
-    chunks_written: int = 0
-    chunks_deleted: int = 0
-    #: Shard files (or unsharded chunk keys) of the edited scale rewritten.
-    shards_written: int = 0
-    #: Whether the edited scale is sharded.
-    sharded: bool = False
-    #: Dirty chunks identical to what they were based on (edits undone): not written.
-    unchanged: int = 0
-    conflicts: list[ChunkConflict] = field(default_factory=list)
-    #: Storage keys written at the edited scale.
-    keys: list[str] = field(default_factory=list)
-    stats: CommitStats = field(default_factory=CommitStats)
-    #: Scale index -> what updating that coarser scale wrote.
-    downsampled: dict[int, CommitStats] = field(default_factory=dict)
-    seconds: float = 0.0
-
-    def summary(self) -> str:
-        if not (self.chunks_written or self.chunks_deleted or self.downsampled):
-            text = "nothing to store"
-            if self.unchanged:
-                text += f" ({self.unchanged} chunk{_s(self.unchanged)} back to original)"
-            return text
-        n = self.chunks_written + self.chunks_deleted
-        unit = "shard" if self.sharded else "chunk file"
-        parts = [
-            f"{n} chunk{_s(n)} stored in {self.shards_written} {unit}{_s(self.shards_written)}"
-        ]
-        if self.downsampled:
-            files = sum(s.groups_written + s.groups_deleted for s in self.downsampled.values())
-            parts.append(f"{len(self.downsampled)} coarser scale{_s(len(self.downsampled))} "
-                         f"updated ({files} file{_s(files)})")  # fmt: skip
-        if self.conflicts:
-            parts.append(
-                f"{len(self.conflicts)} chunk{_s(len(self.conflicts))} also changed by "
-                "another writer (merged)"
-            )
-        return ", ".join(parts) + f" in {self.seconds:.2f} s"
-
-
-def _s(n: int) -> str:
-    return "" if n == 1 else "s"
-
-
-class CommitError(PrecomputedError):
-    """A commit failed; every edit that was not stored is still in the session."""
-
-    def __init__(self, message: str, cause: BaseException | None = None) -> None:
-        super().__init__(message)
-        self.cause = cause
-
-
-# -- the layer's data -------------------------------------------------------------------------
-
-
-class EditableArray:
-    """The data of an edit layer: a lazy (z, y, x) view that writes into the session.
-
-    Basic indexing returns views, ``np.asarray`` reads (dirty chunks included), an index
-    of integers returns the voxel's value, integer-array ("fancy") indexing reads and
-    writes chunk by chunk. Every write ends in :meth:`EditSession._edited`.
-    """
-
-    def __init__(
-        self,
-        view: precomputed.ZyxArray,
-        session: EditSession,
-        grid: tuple[np.ndarray, np.ndarray] | None = None,
-    ) -> None:
-        self._view = view
-        self._session = session
-        # (origin of index 0 relative to the chunk grid, chunk shape), both z, y, x; only
-        # for the top-level array: used to split fancy reads/writes by chunk.
-        self._grid = grid
-
-    @property
-    def dtype(self) -> np.dtype:
-        return self._view.dtype
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self._view.shape
-
-    @property
-    def ndim(self) -> int:
-        return self._view.ndim
-
-    @property
-    def size(self) -> int:
-        return self._view.size
-
-    @property
-    def nbytes(self) -> int:
-        return self._view.nbytes
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __repr__(self) -> str:
-        return f"<EditableArray shape={self.shape} dtype={self.dtype} of {self._session!r}>"
-
-    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
-        return self._view.__array__(dtype)
-
-    def __getitem__(self, key: Any) -> Any:
-        if _is_basic(key):
-            items = key if isinstance(key, tuple) else (key,)
-            if len(items) == self.ndim and all(isinstance(k, (int, np.integer)) for k in items):
-                return np.asarray(self._view[key])[()]  # one voxel: its value
-            return EditableArray(self._view[key], self._session)
-        idx = self._int_arrays(key)
-        if idx is None:
-            return self._bbox_read(key)
-        shape = np.broadcast_shapes(*(i.shape for i in idx))
-        flat = [np.broadcast_to(i, shape).ravel() for i in idx]
-        out = np.empty(len(flat[0]), self.dtype)
-        for sel in self._by_chunk(flat):
-            lo = [int(i[sel].min()) for i in flat]
-            hi = [int(i[sel].max()) + 1 for i in flat]
-            block = np.asarray(self._view[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))])
-            out[sel] = block[tuple(i[sel] - a for i, a in zip(flat, lo, strict=True))]
-        return out.reshape(shape)
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        try:
-            if _is_basic(key):
-                self._view[key] = value
-                return
-            idx = self._int_arrays(key)
-            if idx is None:
-                self._bbox_write(key, value)
-                return
-            shape = np.broadcast_shapes(*(i.shape for i in idx))
-            flat = [np.broadcast_to(i, shape).ravel() for i in idx]
-            values = np.broadcast_to(np.asarray(value, dtype=self.dtype), shape).ravel()
-            for sel in self._by_chunk(flat):
-                lo = [int(i[sel].min()) for i in flat]
-                hi = [int(i[sel].max()) + 1 for i in flat]
-                sub = self._view[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))]
-                block = np.array(sub)
-                block[tuple(i[sel] - a for i, a in zip(flat, lo, strict=True))] = values[sel]
-                sub[...] = block
-        finally:
-            self._session._edited()
-
-    # -- fancy indexing helpers ---------------------------------------------------------
-    def _int_arrays(self, key: Any) -> list[np.ndarray] | None:
-        """One in-range integer index array per axis, or None for other fancy keys."""
-        items = key if isinstance(key, tuple) else (key,)
-        if len(items) != self.ndim:
-            return None
-        out = []
-        for k, n in zip(items, self.shape, strict=True):
-            a = np.asarray(k)
-            if a.dtype.kind not in "iu":
-                return None
-            a = np.where(a < 0, a + n, a).astype(np.int64)
-            if a.size and (a.min() < 0 or a.max() >= n):
-                raise IndexError(f"index out of bounds for axis with size {n}")
-            out.append(a)
-        return out
-
-    def _by_chunk(self, flat: list[np.ndarray]) -> list[np.ndarray]:
-        """Positions of ``flat`` indices grouped by storage chunk (one group if unknown)."""
-        n = len(flat[0]) if flat else 0
-        if n == 0:
-            return []
-        if self._grid is None:
-            return [np.arange(n)]
-        origin, chunk = self._grid
-        cells = np.stack([(i + o) // c for i, o, c in zip(flat, origin, chunk, strict=True)], -1)
-        _, inverse = np.unique(cells, axis=0, return_inverse=True)
-        inverse = inverse.ravel()
-        order = np.argsort(inverse, kind="stable")
-        bounds = np.flatnonzero(np.diff(inverse[order])) + 1
-        return np.split(order, bounds)
-
-    def _bbox_key(self, key: Any) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
-        """Bounding-box view key and the key relative to it, for any numpy-style index."""
-        items = key if isinstance(key, tuple) else (key,)
-        if len(items) == 1 and np.asarray(items[0]).dtype == bool and self.ndim > 1:
-            items = tuple(np.nonzero(np.asarray(items[0])))
-        if any(k is Ellipsis for k in items):
-            i = next(i for i, k in enumerate(items) if k is Ellipsis)
-            items = items[:i] + (slice(None),) * (self.ndim - len(items) + 1) + items[i + 1 :]
-        items = items + (slice(None),) * (self.ndim - len(items))
-        view_key: list[Any] = []
-        local: list[Any] = []
-        for k, n in zip(items, self.shape, strict=True):
-            if isinstance(k, slice) or isinstance(k, (int, np.integer)):
-                view_key.append(slice(None))
-                local.append(k)
-                continue
-            a = np.asarray(k)
-            if a.dtype == bool:
-                a = np.nonzero(a)[0]
-            a = np.where(a < 0, a + n, a).astype(np.int64)
-            lo, hi = (int(a.min()), int(a.max()) + 1) if a.size else (0, 0)
-            view_key.append(slice(lo, hi))
-            local.append(a - lo)
-        return tuple(view_key), tuple(local)
-
-    def _bbox_read(self, key: Any) -> np.ndarray:
-        view_key, local = self._bbox_key(key)
-        return np.asarray(self._view[view_key])[local]
-
-    def _bbox_write(self, key: Any, value: Any) -> None:
-        view_key, local = self._bbox_key(key)
-        sub = self._view[view_key]
-        block = np.array(sub)
-        block[local] = value
-        sub[...] = block
-
-
-def _is_basic(key: Any) -> bool:
-    items = key if isinstance(key, tuple) else (key,)
-    return all(isinstance(k, (slice, int, np.integer)) or k is Ellipsis for k in items)
-
-
-# -- regions ----------------------------------------------------------------------------------
-
-
-def _domain(volume: Volume) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    d = volume.domain
-    return tuple(d.inclusive_min[:3]), tuple(d.exclusive_max[:3])
-
-
-def check_region(volume: Volume, region: Any) -> Box:
-    """``((x0, x1), (y0, y1), (z0, z1))`` as a Box inside ``volume``; raises otherwise."""
-    try:
-        pairs = [(int(a), int(b)) for a, b in region]
-        ok = len(pairs) == 3 and all(
-            a == x and b == y for (a, b), (x, y) in zip(region, pairs, strict=True)
-        )
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise InvalidArgumentError(
-            f"region must be ((x0, x1), (y0, y1), (z0, z1)) in voxels, not {region!r}"
-        )
-    lo, hi = _domain(volume)
-    for name, (a, b), vlo, vhi in zip("xyz", pairs, lo, hi, strict=True):
-        if not (vlo <= a < b <= vhi):
-            raise OutOfRangeError(
-                f"region [{a}, {b}) on {name} is not a non-empty range inside the scale's "
-                f"domain [{vlo}, {vhi})"
-            )
-    return Box(tuple(p[0] for p in pairs), tuple(p[1] for p in pairs))  # type: ignore[arg-type]
-
-
-def view_region(viewer: Any, volume: Volume, budget: int = DEFAULT_VOXEL_BUDGET) -> Box:
-    """The region of ``volume`` (one scale) that is in view, as absolute voxels.
-
-    What the camera shows along the displayed axes; along a non-displayed axis the
-    storage chunk holding the current plane. Extended to whole chunks, clipped to the
-    volume and then shrunk around its centre to at most ``budget`` voxels. Without a
-    3-D view (no viewer, nothing shown) it is the centre of the volume.
-    """
-    lo, hi = _domain(volume)
-    res = np.array(volume.resolution, float)
-    chunk = np.array(volume.chunk_layout.read_chunk[:3])
-    grid0 = np.array(volume.scale.voxel_offset)
-    start = np.array(lo, float)
-    stop = np.array(hi, float)
-    centre = (start + stop) / 2
-    dims = getattr(viewer, "dims", None)
-    if dims is not None and dims.ndim >= 3 and len(viewer.layers):
-        n = dims.ndim
-        point = np.array(dims.point[-3:], float)[::-1] / res  # x, y, z voxels
-        scene = getattr(viewer, "scene", None)  # napari >= 0.9; viewer.camera before
-        camera = scene.camera if scene is not None else viewer.camera
-        zoom = float(camera.zoom) or 1.0
-        h, w = (float(v) for v in viewer.canvas.size)
-        displayed = [d - (n - 3) for d in dims.displayed if d >= n - 3]  # world z,y,x index
-        cam = list(camera.center)[-len(dims.displayed) :]
-        for world_axis, c in zip(dims.displayed, cam, strict=False):
-            a = world_axis - (n - 3)
-            if a < 0:
-                continue
-            point[2 - a] = float(c) / res[2 - a]
-        if len(displayed) >= 2 and dims.ndisplay == 2:
-            half_world = {displayed[-2]: h / 2 / zoom, displayed[-1]: w / 2 / zoom}
-        else:
-            half_world = {a: max(h, w) / 2 / zoom for a in displayed}
-        start = np.floor(point).astype(float)
-        stop = start + 1
-        for a, half in half_world.items():
-            x = 2 - a  # z,y,x index -> x,y,z index
-            start[x] = math.floor(point[x] - half / res[x])
-            stop[x] = math.ceil(point[x] + half / res[x]) + 1
-        centre = point
-        # Whole chunks (a non-displayed axis: the chunk of the current plane).
-        start = grid0 + np.floor((start - grid0) / chunk) * chunk
-        stop = grid0 + np.ceil((stop - grid0) / chunk) * chunk
-        start = np.maximum(start, lo)
-        stop = np.minimum(stop, hi)
-        if np.any(stop <= start):  # the view is outside the volume: its centre instead
-            start, stop = np.array(lo, float), np.array(hi, float)
-            centre = (start + stop) / 2
-    return _fit_budget(start.astype(int), stop.astype(int), centre, lo, hi, budget)
-
-
-def _fit_budget(
-    start: np.ndarray,
-    stop: np.ndarray,
-    centre: np.ndarray,
-    lo: Sequence[int],
-    hi: Sequence[int],
-    budget: int,
-) -> Box:
-    budget = max(1, int(budget))
-    ext = (stop - start).astype(float)
-    if np.prod(ext) > budget:
-        # Shrink x and y first (the painted plane), z only when x and y reach 1.
-        k = math.sqrt(budget / np.prod(ext))
-        ext[:2] = np.maximum(1, np.floor(ext[:2] * k))
-        if np.prod(ext) > budget:
-            ext[2] = max(1, budget // int(ext[0] * ext[1]))
-        while np.prod(ext) > budget:  # rounding: trim the largest axis
-            ext[int(np.argmax(ext))] -= 1
-        new_start = np.round(np.clip(centre, start, stop) - ext / 2)
-        new_start = np.clip(new_start, start, stop - ext)
-        start, stop = new_start, new_start + ext
-    start = np.maximum(start, lo).astype(int)
-    stop = np.minimum(stop, hi).astype(int)
-    return Box(tuple(int(v) for v in start), tuple(int(v) for v in stop))  # type: ignore[arg-type]
-
-
 # -- sessions ---------------------------------------------------------------------------------
 
 
 def _volume_key(vol: Volume) -> tuple[str, str]:
     return vol.kvstore.url, vol.path
-
-
-def _reader_layer_volumes(layer: Any) -> dict[int, Volume]:
-    """Scale index -> the (whole-scale) volume each level of a reader layer reads."""
-    meta = getattr(layer, "metadata", {}).get("precomputed")
-    if not meta:
-        raise InvalidArgumentError(
-            f"layer {getattr(layer, 'name', layer)!r} was not opened by napari-precomputed"
-        )
-    data = layer.data
-    levels = (
-        list(data) if isinstance(meta.get("levels"), list) and len(meta["levels"]) > 1 else [data]
-    )
-    out: dict[int, Volume] = {}
-    for lv, arr in zip(meta["levels"], levels, strict=False):
-        vol = getattr(arr, "volume", None)
-        if vol is not None:
-            out[int(lv["scale_index"])] = vol
-    if not out:
-        raise InvalidArgumentError(f"layer {layer.name!r} has no Precomputed levels")
-    return out
-
-
-def _matching_layer(viewer: Any, source: Any) -> Any:
-    """A reader layer of ``viewer`` that shows ``source`` (same URL/path or spec)."""
-    if viewer is None:
-        return None
-    want = os.path.abspath(source) if isinstance(source, str) and "://" not in source else source
-    for layer in viewer.layers:
-        meta = getattr(layer, "metadata", {}).get("precomputed")
-        if not meta:
-            continue
-        have = meta.get("source")
-        if isinstance(have, str) and "://" not in have:
-            have = os.path.abspath(have)
-        if have == want:
-            return layer
-    return None
 
 
 class EditSession:
@@ -546,8 +141,10 @@ class EditSession:
             )
         if np.dtype(vol.dtype).kind not in "iu":
             raise InvalidArgumentError(f"labels must be integers, not {vol.dtype}")
-        if on_unsaved is not None and on_unsaved not in _POLICIES:
-            raise InvalidArgumentError(f"on_unsaved must be one of {_POLICIES}, not {on_unsaved!r}")
+        if on_unsaved is not None and on_unsaved not in policy.HEADLESS_POLICIES:
+            raise InvalidArgumentError(
+                f"on_unsaved must be one of {policy.HEADLESS_POLICIES}, not {on_unsaved!r}"
+            )
         self.volumes = volumes
         self.scale_index = scale_index
         self.volume = vol
@@ -581,7 +178,7 @@ class EditSession:
         view = vol.with_transaction(self.transaction)[(*sl, slice(None))].zyx()
         chunk = np.array(vol.chunk_layout.read_chunk[:3][::-1])
         origin = (np.array(region.start) - np.array(vol.scale.voxel_offset))[::-1]
-        self.data = EditableArray(view, self, grid=(origin, chunk))
+        self.data = EditableArray(view, self._edited, grid=(origin, chunk), owner=self)
         self.layer = self._make_layer(name)
         _sessions.add(self)
         if viewer is not None:
@@ -657,7 +254,7 @@ class EditSession:
             return "No uncommitted edits"
         g = self.dirty_shards
         unit = "shard" if self.sharded else "chunk file"
-        return f"{n} edited chunk{_s(n)} in {g} {unit}{_s(g)}"
+        return f"{n} edited chunk{plural(n)} in {g} {unit}{plural(g)}"
 
     # -- edits ----------------------------------------------------------------------------
     def _edited(self) -> None:
@@ -750,7 +347,7 @@ class EditSession:
             except Exception as e:
                 n = self.dirty_chunks
                 raise CommitError(
-                    f"Commit failed: {e} -- nothing is lost: {n} edited chunk{_s(n)} "
+                    f"Commit failed: {e} -- nothing is lost: {n} edited chunk{plural(n)} "
                     "remain in the session; commit again to retry",
                     e,
                 ) from e
@@ -774,58 +371,41 @@ class EditSession:
         result.seconds = time.perf_counter() - t0
         return result
 
-    def _reconcile(self, positions: list[tuple[int, int, int]], result: CommitResult) -> None:
-        """Compare each dirty chunk with its base and with what is stored now.
+    def _reconcile(self, positions: list[Vec3], result: CommitResult) -> None:
+        """Bring the dirty chunks up to date with storage before they are written.
 
-        Unchanged chunks (edits undone) are dropped; chunks another writer changed since
-        we read them are merged voxel by voxel and reported."""
-        store = self._handle.store
+        The merge is the driver's (:meth:`Transaction.rebase
+        <precomputed.Transaction.rebase>`, a three-way merge against the stored chunk
+        each edit was based on): unchanged chunks (edits undone) are dropped; chunks
+        another writer changed since we read them are merged voxel by voxel and
+        reported as conflicts; a chunk rewritten while this runs is left alone (the
+        newer edit wins) and not reported.
+
+        What the driver cannot express yet stays here, in this one function: (1) a
+        transaction does not remember what each dirty chunk was based on, so the session
+        captures the bases (``_capture_bases`` after every edit, ``_on_committed`` after
+        a group is stored) and hands them over, and records what the merge changed of
+        them; (2) the merge is a read-then-write, not part of the conditional commit, so
+        a writer who rewrites a shard between this merge and our write still loses that
+        change. Issue 14 moves the merge inside the driver's conditional commit
+        (merging again on a generation conflict), and this function with it."""
         self._capture_bases(positions)
-        groups = store.groups_of(positions)
-        store.invalidate(list(set(groups)))  # see other writers' shards, not cached indices
-        for i in range(0, len(positions), _RECONCILE_BATCH):
-            batch = positions[i : i + _RECONCILE_BATCH]
-            self._reconcile_batch(batch, store.read_chunks(batch), result)
-
-    def _reconcile_batch(
-        self,
-        positions: list[tuple[int, int, int]],
-        blobs: list[bytes | None],
-        result: CommitResult,
-    ) -> None:
-        handle, txn = self._handle, self.transaction
-        store = handle.store
-        for pos, blob in zip(positions, blobs, strict=True):
-            ours = txn.get(handle, pos)
-            if ours is None:
+        with self._lock:
+            bases = dict(self._bases)
+        store = self._handle.store
+        for r in self.transaction.rebase(self._handle, bases, positions, batch=_RECONCILE_BATCH):
+            if r.outcome == "kept":  # storage still holds the base
                 continue
+            if r.outcome != "unchanged":  # merged or superseded: another writer was here
+                conflict = ChunkConflict(r.position, store.describe(r.position), r.conflicts)
+                result.conflicts.append(conflict)
             with self._lock:
-                base = self._bases.get(pos)
-            if _same(ours, base):
-                if txn.replace(handle, pos, ours, None):
-                    result.unchanged += 1
-                    with self._lock:
-                        self._bases.pop(pos, None)
-                continue
-            stored = None if blob is None else handle.decode(pos, blob)
-            if _same(stored, base):
-                continue
-            base_a = _dense(base, ours)
-            stored_a = _dense(stored, ours)
-            mine = ours != base_a
-            theirs = stored_a != base_a
-            merged = np.where(mine, ours, stored_a)
-            both = int(np.count_nonzero(mine & theirs & (ours != stored_a)))
-            result.conflicts.append(ChunkConflict(tuple(pos), store.describe(pos), both))  # type: ignore[arg-type]
-            new = None if np.array_equal(merged, stored_a) else merged
-            if txn.replace(handle, pos, ours, new):
-                with self._lock:
-                    if new is None:
-                        self._bases.pop(pos, None)
-                    else:
-                        self._bases[pos] = stored
-                if new is None:
-                    result.unchanged += 1
+                if r.outcome == "merged":
+                    self._bases[r.position] = r.stored  # the new base: as stored now
+                else:  # nothing of ours is left to write
+                    self._bases.pop(r.position, None)
+            if r.outcome != "merged":
+                result.unchanged += 1
 
     def _on_committed(
         self,
@@ -854,28 +434,12 @@ class EditSession:
     def coarser_scales(self) -> list[tuple[int, int, tuple[int, int, int]]]:
         """``(scale, source scale, factor)`` for each coarser scale, finest first: each is
         downsampled from the coarsest scale before it that divides its resolution."""
-        meta = self.volume.metadata
-        base_res = meta.scales[self.scale_index].resolution
-        candidates = []
-        for i, s in enumerate(meta.scales):
-            f = _integer_factor(s.resolution, base_res)
-            if i != self.scale_index and f is not None and f != (1, 1, 1):
-                candidates.append((math.prod(f), i))
-        chain: list[tuple[int, int, tuple[int, int, int]]] = []
-        done = [self.scale_index]
-        for _, t in sorted(candidates):
-            for src in reversed(done):
-                f = _integer_factor(meta.scales[t].resolution, meta.scales[src].resolution)
-                if f is not None:
-                    chain.append((t, src, f))
-                    done.append(t)
-                    break
-        return chain
+        return coarser_scales(self.volume.metadata, self.scale_index)
 
     def _scale_volume(self, index: int) -> Volume:
         vol = self.volumes.get(index)
         if vol is None:
-            vol = self.volumes[index] = _open_scale(self.volume, index)
+            vol = self.volumes[index] = open_scale(self.volume, index)
         return vol
 
     def _update_coarser(self, result: CommitResult, counter: _ProgressCounter) -> None:
@@ -883,35 +447,15 @@ class EditSession:
             pending = list(self._pending)
         if not pending:
             return
-        boxes: dict[int, list[Box]] = {self.scale_index: _dedupe(pending)}
-        for target, src, f in self.coarser_scales():
-            src_vol, dst_vol = self._scale_volume(src), self._scale_volume(target)
-            s_off = np.array(src_vol.scale.voxel_offset)
-            s_size = np.array(src_vol.scale.size)
-            d_off = np.array(dst_vol.scale.voxel_offset)
-            d_size = np.array(dst_vol.scale.size)
-            fa = np.array(f)
-            out: list[Box] = []
-            txn = Transaction()
-            dst = dst_vol.with_transaction(txn)
-            for box in boxes[src]:
-                # Coarse voxel j covers source voxels [j f, (j + 1) f), both counted from
-                # their scale's voxel offset (as precomputed.create and Igneous pair them).
-                lo = (np.array(box.start) - s_off) // fa
-                hi = -(-(np.array(box.stop) - s_off) // fa)
-                lo, hi = np.maximum(lo, 0), np.minimum(hi, d_size)
-                if np.any(hi <= lo):
-                    continue
-                a = s_off + lo * fa
-                b = s_off + np.minimum(hi * fa, s_size)
-                block = src_vol[a[0] : b[0], a[1] : b[1], a[2] : b[2], :].read_czyx()
-                down = downsample_mode(block, f)
-                t0, t1 = d_off + lo, d_off + lo + np.array(down.shape[:0:-1])
-                dst[t0[0] : t1[0], t0[1] : t1[1], t0[2] : t1[2], :] = down.transpose(3, 2, 1, 0)
-                out.append(Box(tuple(int(v) for v in t0), tuple(int(v) for v in t1)))  # type: ignore[arg-type]
-            counter.add_total(txn.dirty_groups())
-            result.downsampled[target] = txn.commit(counter.step)
-            boxes[target] = _dedupe(out)
+        result.downsampled.update(
+            update_coarser_scales(
+                self.volume,
+                pending,
+                method="mode",
+                scale_of=self._scale_volume,
+                progress=counter.then(),
+            )
+        )
         with self._lock:
             del self._pending[: len(pending)]
 
@@ -926,7 +470,7 @@ class EditSession:
                 if layer is self.layer or not getattr(layer, "metadata", {}).get("precomputed"):
                     continue
                 try:
-                    vols = _reader_layer_volumes(layer)
+                    vols = layer_volumes(layer)
                 except PrecomputedError:
                     continue
                 if any(_volume_key(v) == key for v in vols.values()):
@@ -941,15 +485,15 @@ class EditSession:
                 log.debug("napari-precomputed: refresh of %s failed: %s", layer, e)
 
     def _sync_handles(self, vols: dict[int, Volume]) -> None:
-        """Another layer of the same volume with its own handles: forget its cached
-        shard indices (ours were rewritten) and, with another cache, the chunks."""
+        """Another layer of the same volume with its own handles. In this session's
+        context the driver already made them forget what the commit rewrote; with
+        another context, that context's cache and shard indices know nothing of it."""
         for index, vol in vols.items():
             mine = self.volumes.get(index)
             if mine is None or vol.handle is mine.handle:
                 continue
-            vol.handle.store.invalidate()
             if vol.context is not mine.context:
-                vol.context.cache.invalidate_prefix((vol.handle.cache_id,))
+                vol.refresh()
 
     # -- closing --------------------------------------------------------------------------
     def close(self, *, force: bool = False) -> bool:
@@ -993,56 +537,24 @@ class EditSession:
             self._finish()
 
     def _resolve_unsaved(self, removed_index: int | None) -> bool:
-        """Uncommitted edits while the layer goes away. True when the session may end."""
-        if _visible_window(self.viewer):
-            from ..widgets import labels as w
-
-            n = self.dirty_chunks
-            choice = w.ask_unsaved(
-                self.viewer,
-                f"The layer {self.layer.name!r} has uncommitted edits in {n} "
-                f"chunk{_s(n)}. Commit them before it is removed?",
-            )
-            if choice == "discard":
-                self.transaction.discard()
-                return True
-            commit = partial(w.commit_in_background, self, close_after=True)
-            then = commit if choice == "commit" else None
-            if removed_index is not None:
-                w.reinsert_layer(self.viewer, self.layer, removed_index, then=then)
-            elif then is not None:
-                then()
-            return False
-        policy = self.on_unsaved or default_policy()
-        if policy == "commit":
-            try:
-                result = self.commit()
-            except CommitError as e:
-                _notify(f"{e} (the session is kept: napari_precomputed.open_sessions())")
-                self._keep()
-                return False
-            log.info("napari-precomputed: committed %s before closing: %s", self.layer.name,
-                     result.summary())  # fmt: skip
-            return True
-        _notify(
-            f"{self.layer.name!r} has {self.dirty_chunks} uncommitted edited chunks: kept in "
-            "its session (napari_precomputed.open_sessions()); call session.commit()"
-        )
-        self._keep()
-        return False
+        """Uncommitted edits while the layer goes away (see :mod:`.policy`). True when
+        the session may end."""
+        outcome = policy.resolve_removed(self, removed_index)
+        if outcome == "keep":
+            self._keep()
+        return outcome == "close"
 
     def _on_commit_key(self, layer: Any) -> None:
+        prompt = policy.prompt_for(self.viewer)
         if self.commit_handler is not None:
             self.commit_handler(self)
-        elif _visible_window(self.viewer):
-            from ..widgets.labels import commit_in_background
-
-            commit_in_background(self)
+        elif prompt is not None:
+            prompt.commit_in_background(self)
         else:
             try:
                 self.commit()
             except CommitError as e:
-                _notify(str(e))
+                policy.notify(str(e))
 
 
 class _ProgressCounter:
@@ -1067,20 +579,20 @@ class _ProgressCounter:
         if self._progress is not None:
             self._progress(d, t)
 
+    def then(self) -> Progress:
+        """A progress callback for a phase that counts its own ``(done, total)`` (the
+        coarser scales' update), reported on top of what is counted so far."""
+        with self._lock:
+            done0, total0 = self.done, self.total
 
-def _same(a: np.ndarray | None, b: np.ndarray | None) -> bool:
-    """Equal chunks, ``None`` (absent) reading as zeros."""
-    if a is b:
-        return True
-    if a is None:
-        return not np.any(b)
-    if b is None:
-        return not np.any(a)
-    return np.array_equal(a, b)
+        def step(done: int, total: int) -> None:
+            with self._lock:
+                self.done, self.total = done0 + done, total0 + total
+                d, t = self.done, self.total
+            if self._progress is not None:
+                self._progress(d, t)
 
-
-def _dense(chunk: np.ndarray | None, like: np.ndarray) -> np.ndarray:
-    return np.zeros_like(like) if chunk is None else chunk
+        return step
 
 
 def _changed_box(arr: np.ndarray, base: np.ndarray | None, chunk_box: Box) -> Box | None:
@@ -1102,20 +614,9 @@ def _changed_box(arr: np.ndarray, base: np.ndarray | None, chunk_box: Box) -> Bo
     )
 
 
-def _dedupe(boxes: list[Box]) -> list[Box]:
-    return list(dict.fromkeys(boxes))
-
-
-def _open_scale(volume: Volume, index: int) -> Volume:
-    """Another scale of ``volume``'s dataset, sharing its store and cache."""
-    return open_scale(volume, index)
-
-
 def _source_name(source: Any) -> str:
-    from .._reader import _display_name
-
     try:
-        return _display_name(source)
+        return display_name(source)
     except Exception:  # pragma: no cover - exotic specs
         return "labels"
 
@@ -1132,26 +633,6 @@ def unwrap_viewer(viewer: Any) -> Any:
     return viewer
 
 
-def _visible_window(viewer: Any) -> bool:
-    """True when ``viewer`` has a Qt window on screen (a user who can be asked)."""
-    window = getattr(viewer, "window", None)
-    qt = getattr(window, "_qt_window", None) if window is not None else None
-    try:
-        return bool(qt is not None and qt.isVisible())
-    except RuntimeError:  # the Qt object is gone
-        return False
-
-
-def _notify(message: str) -> None:
-    log.warning(message)
-    try:
-        from napari.utils.notifications import show_warning
-
-        show_warning(message)
-    except Exception:  # pragma: no cover - napari shutting down
-        pass
-
-
 # -- closing the viewer -----------------------------------------------------------------------
 
 
@@ -1164,30 +645,10 @@ def _may_close_viewer(viewer: Any) -> bool:
     sessions = _viewer_sessions(viewer)
     if not sessions:
         return True
-    if _visible_window(viewer):
-        from ..widgets import labels as w
-
-        n = sum(s.dirty_chunks for s in sessions)
-        names = ", ".join(repr(s.layer.name) for s in sessions)
-        choice = w.ask_unsaved(
-            viewer,
-            f"{names} ha{'s' if len(sessions) == 1 else 've'} uncommitted edits in {n} "
-            f"chunk{_s(n)}. Commit them before closing?",
-        )
-        if choice == "cancel":
-            return False
-        if choice == "discard":
-            for s in sessions:
-                s.transaction.discard()
-            return True
-        for s in sessions:
-            try:
-                w.run_blocking_commit(viewer, s)
-            except CommitError as e:
-                w.show_commit_error(viewer, str(e))
-                return False
-        return True
-    for s in sessions:
+    confirmed = policy.confirm_close(viewer, sessions)
+    if confirmed is not None:
+        return confirmed
+    for s in sessions:  # no one to ask: each follows its headless policy
         s._resolve_unsaved(removed_index=None)
     return True
 
@@ -1207,14 +668,16 @@ def _install_close_guard(viewer: Any) -> None:
     """Resolve uncommitted edits before a Qt viewer closes, in all three ways it can:
     ``viewer.close()`` (which removes every layer before closing the window, so it is
     checked first), ``viewer.window.close()``, and the window's own close (a click on
-    its close button, Ctrl-W, quit), caught by an event filter."""
+    its close button, Ctrl-W, quit), which the prompt guards (:meth:`.policy.Prompt.
+    guard_close`)."""
     window = getattr(viewer, "window", None)
     if window is None or getattr(window, "_precomputed_close_guard", False):
         return
+    prompt = policy.registered_prompt()
+    if prompt is None:  # pragma: no cover - no Qt
+        return
     try:
-        from ..widgets.labels import install_close_filter
-
-        install_close_filter(viewer)
+        prompt.guard_close(viewer, lambda: _may_close_viewer(viewer))
     except Exception as e:  # pragma: no cover - no Qt window
         log.debug("napari-precomputed: no close guard: %s", e)
         return
@@ -1275,9 +738,9 @@ def edit_labels(
     source = unwrap_viewer(source)  # a layer can come proxied too
     layer = source if hasattr(source, "metadata") and hasattr(source, "data") else None
     if layer is None:
-        layer = _matching_layer(viewer, source)
+        layer = matching_layer(viewer, source)
     if layer is not None:
-        volumes = _reader_layer_volumes(layer)
+        volumes = layer_volumes(layer)
         src = layer.metadata["precomputed"].get("source")
     else:
         volumes = {v.scale_index: v for v in precomputed.open_scales(source, **open_options)}
@@ -1287,7 +750,7 @@ def edit_labels(
         n = len(any_vol.metadata.scales)
         if not 0 <= scale_index < n:
             raise OutOfRangeError(f"scale_index {scale_index} is not in [0, {n})")
-        volumes[scale_index] = _open_scale(any_vol, scale_index)
+        volumes[scale_index] = open_scale(any_vol, scale_index)
     vol = volumes[scale_index]
     box = view_region(viewer, vol, budget) if region is None else check_region(vol, region)
     return EditSession(
