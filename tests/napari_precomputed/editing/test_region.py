@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 from edit_cases import add_reader_layer
-from napari_precomputed.editing.region import view_region
 
 from napari_precomputed import edit_labels
+from napari_precomputed.editing.region import view_region
 
 
 def test_default_region_is_what_is_in_view_within_the_budget(

@@ -342,3 +342,34 @@ def test_multichannel_volumes_are_refused(tmp_path: Path, viewer_model: Any) -> 
     path = write_ts_volume(tmp_path / "two", [(data, (0, 0, 0), RES)], kind="segmentation")
     with pytest.raises(ValueError, match="single-channel"):
         edit_labels(viewer_model, str(path), region=((0, 8), (0, 8), (0, 4)))
+
+
+def test_other_layers_of_the_volume_show_the_commit(
+    seg: Callable[..., Path], viewer_model: Any
+) -> None:
+    import precomputed
+    from napari_precomputed import read_volume
+
+    path = seg(sharded=True)
+    pyramid = add_reader_layer(viewer_model, path)
+    layers = [pyramid]
+    for name, options in [
+        ("same context", {}),
+        ("own context", {"context": precomputed.Context()}),
+    ]:
+        ((data, kwargs, _),) = read_volume(str(path), **options)
+        layers.append(viewer_model.add_labels(data, **{**kwargs, "name": name}))
+    assert layers[1].data[0].volume.handle is not pyramid.data[0].volume.handle
+    # The layers of one context share cached chunks: the one with its own handles reads
+    # first (before and after), so its handle, not the pyramid's, uses its shard indices.
+    layers.reverse()
+    before = [np.asarray(layer.data[0]).copy() for layer in layers]
+    session = edit_labels(viewer_model, pyramid, region=((0, 64), (0, 64), (0, 16)))
+    # Labels that compress worse than the blocks they replace: every chunk of both shards
+    # moves inside its shard file, so stale shard indices would read the wrong bytes.
+    expected = before[-1].copy()
+    expected[0:4, 0:16, :] = np.random.default_rng(1).integers(1, 1000, (4, 16, 64))
+    session.layer.data[0:4, 0:16, :] = expected[0:4, 0:16, :]
+    session.commit(downsample=False)
+    for layer in layers:
+        np.testing.assert_array_equal(np.asarray(layer.data[0]), expected, err_msg=layer.name)
