@@ -19,6 +19,7 @@ import numpy as np
 
 import precomputed
 from precomputed import KvStore, MultiscaleMetadata, PrecomputedError, Volume
+from precomputed.driver import open_scale
 from precomputed.kvstore.url import parse_url
 from precomputed.spec import parse_spec
 
@@ -171,8 +172,9 @@ def read_volume(source: str | dict[str, Any], **open_options: Any) -> list[Layer
     for v in opened:
         by_index.setdefault(v.scale_index, v)
     vols = [
-        by_index.get(lv.scale_index)
-        or precomputed.open(source, **{**open_options, "scale_index": lv.scale_index})
+        by_index[lv.scale_index]
+        if lv.scale_index in by_index
+        else open_scale(first, lv.scale_index)
         for lv in pyramid.levels
     ]
 
