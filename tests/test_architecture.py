@@ -58,40 +58,18 @@ DRIVER_LAYERS: list[tuple[str, list[str]]] = [
 PLUGIN_LAYERS: list[tuple[str, list[str]]] = [
     ("placement", ["_pyramid", "_array"]),
     ("io", ["_reader", "_writer", "_sample_data"]),
-    ("editing", ["editing.policy", "editing.editable", "editing.session", "editing",
-                 "_labels"]),
-    ("widgets", ["widgets.create", "widgets.labels", "widgets", "_create", "_labels_widget"]),
+    ("editing", ["editing.editable", "editing.region", "editing.results", "editing.policy",
+                 "editing.session", "editing"]),
+    ("widgets", ["widgets.create", "widgets.labels", "widgets"]),
     ("commands", ["cli"]),
     ("face", [""]),
 ]
 
-#: Modules of the plugin that its parallel split (issue 13, plugin half) turns into
-#: ``editing/`` and ``widgets/``; until that lands they are mapped onto those layers by
-#: their old names. Their entries may be absent from the tree, as may the new names.
-PLUGIN_TRANSITIONAL = {
-    "napari_precomputed._labels",
-    "napari_precomputed._create",
-    "napari_precomputed._labels_widget",
-    "napari_precomputed.editing",
-    "napari_precomputed.editing.policy",
-    "napari_precomputed.editing.editable",
-    "napari_precomputed.editing.session",
-    "napari_precomputed.widgets",
-    "napari_precomputed.widgets.create",
-    "napari_precomputed.widgets.labels",
-}
-
 #: The only exceptions, each with its reason:
-#: - ``_labels`` opens ``_labels_widget``'s dialogs from inside functions (a cycle and an
-#:   upward import the plugin split removes; the split is not part of the driver redesign).
-ALLOWED_EDGES = {("napari_precomputed._labels", "napari_precomputed._labels_widget")}
-#: - private helpers the pre-split plugin modules import from their siblings (same reason).
-ALLOWED_PRIVATE_IMPORTS = {
-    ("napari_precomputed._labels", "napari_precomputed._pyramid", "_integer_factor"),
-    ("napari_precomputed._labels", "napari_precomputed._reader", "_display_name"),
-    ("napari_precomputed._labels_widget", "napari_precomputed._labels", "_reader_layer_volumes"),
-    ("napari_precomputed._labels_widget", "napari_precomputed._labels", "_may_close_viewer"),
-}
+#: - none: no import closes a cycle or points up.
+ALLOWED_EDGES: set[tuple[str, str]] = set()
+#: - none: no module imports another's private names.
+ALLOWED_PRIVATE_IMPORTS: set[tuple[str, str, str]] = set()
 #: - third-party APIs whose public names start with an underscore: fsspec's coroutine
 #:   interface (documented as the ``_``-prefixed twins of its methods), namedtuple's
 #:   ``_replace``, and napari's ``Window._qt_window`` (the main window a dialog needs as
@@ -186,7 +164,7 @@ def _is_under(name: str, prefixes: tuple[str, ...]) -> bool:
 def test_every_module_has_a_layer() -> None:
     missing = sorted(m for m in MODULES if m not in RANKS)
     assert not missing, f"modules missing from the layer table: {missing}"
-    stale = sorted(m for m in RANKS if m not in MODULES and m not in PLUGIN_TRANSITIONAL)
+    stale = sorted(m for m in RANKS if m not in MODULES)
     assert not stale, f"layer table names modules that do not exist: {stale}"
 
 
@@ -286,6 +264,17 @@ def test_only_widgets_import_qt_or_magicgui() -> None:
         for imp in IMPORTS
         if _is_under(imp.target, QT)
         and not (imp.module in widgets or _is_under(imp.module, ("napari_precomputed.widgets",)))
+    ]
+    assert not bad, "\n".join(bad)
+
+
+def test_editing_never_imports_the_widgets() -> None:
+    # Implied by the layers, stated on its own: the Qt side registers with the policy.
+    bad = [
+        f"{imp.where()} imports {imp.target}"
+        for imp in IMPORTS
+        if _is_under(imp.module, ("napari_precomputed.editing",))
+        and _is_under(imp.target, ("napari_precomputed.widgets",))
     ]
     assert not bad, "\n".join(bad)
 

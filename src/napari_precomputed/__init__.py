@@ -5,10 +5,11 @@ Labels layer for segmentations, placed in nanometres. See docs/napari.md.
 """
 
 from ._array import LevelArray
-from ._labels import CommitError, CommitResult, EditSession, edit_labels, open_sessions
 from ._reader import get_reader, read_volume
 from ._sample_data import make_sample_data
 from ._writer import write_image, write_labels
+from .editing import CommitError, CommitResult, EditSession, edit_labels, open_sessions
+from .editing.policy import Prompt, register_prompt_loader
 
 __all__ = [
     "CommitError",
@@ -23,3 +24,14 @@ __all__ = [
     "write_image",
     "write_labels",
 ]
+
+
+def _qt_prompt() -> Prompt:
+    """The Qt prompt for uncommitted edits, imported only when a visible viewer has some
+    (editing/ never imports the widgets; the widgets register it themselves too)."""
+    from .widgets.labels import QT_PROMPT
+
+    return QT_PROMPT
+
+
+register_prompt_loader(_qt_prompt)

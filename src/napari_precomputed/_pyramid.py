@@ -25,6 +25,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from precomputed.downsample import integer_factor
 from precomputed.internal.geometry import Vec3
 
 __all__ = ["Level", "Pyramid", "plan_pyramid"]
@@ -54,17 +55,6 @@ class Pyramid:
         return tuple(p * r for p, r in zip(self.origin, self.resolution, strict=True))  # type: ignore[return-value]
 
 
-def _integer_factor(res: Sequence[float], base: Sequence[float]) -> Vec3 | None:
-    out = []
-    for r, b in zip(res, base, strict=True):
-        f = r / b
-        n = round(f)
-        if n < 1 or abs(f - n) > 1e-6 * max(1.0, f):
-            return None
-        out.append(int(n))
-    return tuple(out)  # type: ignore[return-value]
-
-
 def plan_pyramid(scales: Sequence[object]) -> Pyramid:
     """Choose the scales to show and their windows (``scales``: ScaleMetadata list)."""
     if not scales:
@@ -75,7 +65,7 @@ def plan_pyramid(scales: Sequence[object]) -> Pyramid:
     res0 = tuple(float(r) for r in base.resolution)  # type: ignore[attr-defined]
     candidates: list[tuple[Vec3, int]] = []
     for i, s in enumerate(scales):
-        f = _integer_factor(s.resolution, res0)  # type: ignore[attr-defined]
+        f = integer_factor(s.resolution, res0)  # type: ignore[attr-defined]
         if f is None:
             log.warning(
                 "scale %d (key %r, resolution %s) is not an integer multiple of the finest "

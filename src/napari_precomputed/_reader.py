@@ -19,13 +19,21 @@ import numpy as np
 
 import precomputed
 from precomputed import KvStore, MultiscaleMetadata, PrecomputedError, Volume
+from precomputed.driver import open_scale
 from precomputed.kvstore.url import parse_url
 from precomputed.spec import parse_spec
 
 from ._array import LevelArray
 from ._pyramid import Pyramid, plan_pyramid
 
-__all__ = ["get_reader", "read_volume", "LayerData"]
+__all__ = [
+    "get_reader",
+    "read_volume",
+    "LayerData",
+    "display_name",
+    "layer_volumes",
+    "matching_layer",
+]
 
 log = logging.getLogger("napari_precomputed")
 
@@ -164,8 +172,9 @@ def read_volume(source: str | dict[str, Any], **open_options: Any) -> list[Layer
     for v in opened:
         by_index.setdefault(v.scale_index, v)
     vols = [
-        by_index.get(lv.scale_index)
-        or precomputed.open(source, **{**open_options, "scale_index": lv.scale_index})
+        by_index[lv.scale_index]
+        if lv.scale_index in by_index
+        else open_scale(first, lv.scale_index)
         for lv in pyramid.levels
     ]
 
@@ -188,7 +197,7 @@ def read_volume(source: str | dict[str, Any], **open_options: Any) -> list[Layer
         axis_labels, units = ("c", *axis_labels), ("pixel", *units)
 
     kwargs: dict[str, Any] = {
-        "name": _display_name(source),
+        "name": display_name(source),
         "multiscale": len(data) > 1,
         "scale": scale,
         "translate": translate,
@@ -207,7 +216,8 @@ def read_volume(source: str | dict[str, Any], **open_options: Any) -> list[Layer
     return [(layer_data, kwargs, kind)]
 
 
-def _display_name(source: str | dict[str, Any]) -> str:
+def display_name(source: str | dict[str, Any]) -> str:
+    """The layer name for ``source`` (a URL, path or spec): its last path component."""
     if not isinstance(source, str):
         kv = source.get("kvstore") if isinstance(source, dict) else None
         path = (kv.get("path") if isinstance(kv, dict) else kv) or source.get("path", "")
@@ -286,3 +296,44 @@ def _central_sample(level: LevelArray) -> LevelArray:
         else:
             key.append(slice(None))
     return level[tuple(key)]
+
+
+# -- the layers this reader made ------------------------------------------------------------
+
+
+def layer_volumes(layer: Any) -> dict[int, Volume]:
+    """Scale index -> the (whole-scale) volume each level of a reader layer reads."""
+    meta = getattr(layer, "metadata", {}).get("precomputed")
+    if not meta:
+        raise precomputed.InvalidArgumentError(
+            f"layer {getattr(layer, 'name', layer)!r} was not opened by napari-precomputed"
+        )
+    data = layer.data
+    levels = (
+        list(data) if isinstance(meta.get("levels"), list) and len(meta["levels"]) > 1 else [data]
+    )
+    out: dict[int, Volume] = {}
+    for lv, arr in zip(meta["levels"], levels, strict=False):
+        vol = getattr(arr, "volume", None)
+        if vol is not None:
+            out[int(lv["scale_index"])] = vol
+    if not out:
+        raise precomputed.InvalidArgumentError(f"layer {layer.name!r} has no Precomputed levels")
+    return out
+
+
+def matching_layer(viewer: Any, source: Any) -> Any:
+    """A reader layer of ``viewer`` that shows ``source`` (same URL/path or spec)."""
+    if viewer is None:
+        return None
+    want = os.path.abspath(source) if isinstance(source, str) and "://" not in source else source
+    for layer in viewer.layers:
+        meta = getattr(layer, "metadata", {}).get("precomputed")
+        if not meta:
+            continue
+        have = meta.get("source")
+        if isinstance(have, str) and "://" not in have:
+            have = os.path.abspath(have)
+        if have == want:
+            return layer
+    return None

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
+from collections.abc import Hashable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -63,6 +65,9 @@ class Context:
         self.decode_threads = max(1, int(decode_threads))
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
+        # The scales opened in this context (weakly): what every handle of one stored
+        # scale must forget when another handle rewrites it (see ``scales``).
+        self._scales: weakref.WeakSet[Any] = weakref.WeakSet()
 
     @property
     def executor(self) -> ThreadPoolExecutor:
@@ -73,6 +78,17 @@ class Context:
                     self.decode_threads, thread_name_prefix="precomputed-decode"
                 )
             return self._executor
+
+    def track(self, scale: Any) -> None:
+        """Remember an opened scale (weakly) so :meth:`scales` finds it."""
+        with self._lock:
+            self._scales.add(scale)
+
+    def scales(self, storage_id: Hashable) -> list[Any]:
+        """The live opened scales of this context whose ``storage_id`` (kvstore URL and
+        scale prefix) is ``storage_id``: every handle of one stored scale."""
+        with self._lock:
+            return [s for s in self._scales if s.storage_id == storage_id]
 
     def __getstate__(self) -> dict[str, Any]:
         # A context never travels with a pickled volume: workers build their own cache.

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -83,8 +83,12 @@ class OpenedScale:
         self.store_data_equal_to_fill_value = store_data_equal_to_fill_value
         #: What the decoded-chunk cache (shared by every scale of the context) keys on.
         self.cache_id = (kvstore.url, store.prefix, self.chunk_size)
+        #: The stored scale this handle addresses; other handles of it in the context
+        #: share the cached chunks but hold their own shard indices.
+        self.storage_id = (kvstore.url, store.prefix)
         self.transaction: ChunkOverlay | None = None  # the active with-block transaction
         self.lock = threading.RLock()
+        context.track(self)
 
     # -- chunk-level operations -------------------------------------------------------------
     def chunk_shape(self, pos: Vec3) -> tuple[int, int, int, int]:
@@ -109,6 +113,24 @@ class OpenedScale:
 
     def invalidate_chunks(self, positions: Sequence[Vec3]) -> None:
         self.context.cache.invalidate_positions(self.cache_id, [tuple(p) for p in positions])
+
+    def stored(self, group: Hashable, positions: Sequence[Vec3]) -> None:
+        """This handle rewrote ``group`` (a shard, or one chunk's key) with ``positions``:
+        drop those chunks from the context's cache and the group's index data from every
+        other handle of the same stored scale in the context (this handle's store keeps
+        its own up to date), so their next reads see what was written."""
+        self.invalidate_chunks(positions)
+        for other in self.context.scales(self.storage_id):
+            if other is not self:
+                other.store.invalidate([group])
+
+    def refresh(self) -> None:
+        """Forget everything cached of this stored scale in the context: its decoded
+        chunks and the shard and minishard indices of every handle of it, so the next
+        reads see storage as it is now (after a writer elsewhere changed it)."""
+        for other in self.context.scales(self.storage_id):
+            other.store.invalidate()
+        self.context.cache.invalidate_prefix((self.cache_id,))
 
     def missing(self, pos: Vec3) -> NotFoundError:
         """The NOT_FOUND error for a missing chunk (``fill_missing_data_reads=False``)."""

@@ -302,6 +302,14 @@ class Volume(ArrayLike):
         transaction."""
         return Volume(self._h, transaction=self._txn)
 
+    def refresh(self) -> None:
+        """Make the next reads see storage as it is now, after a writer elsewhere (another
+        process, or a handle of another context) changed this scale: forget its decoded
+        chunks in the context's cache and the shard indices that every handle of it in
+        the context holds. Writes through this driver need no refresh in their own
+        context (each rewritten shard is forgotten by every handle of the scale)."""
+        self._h.refresh()
+
     # -- other views ------------------------------------------------------------------
     def zyx(self, squeeze_channel: bool = True) -> ZyxArray:
         """0-based C-order view in napari's axis order: (channel, z, y, x), or (z, y, x)

@@ -142,7 +142,7 @@ def commit_groups(
             else:
                 updates = {p: scale.encode(p, chunks[p]) for p in members}
             stats = store.commit_group(group, updates)
-            scale.invalidate_chunks(members)
+            scale.stored(group, members)
         if on_group_done is not None:
             on_group_done(members)
         return stats

@@ -358,3 +358,43 @@ def test_merge_chunk_reads_absent_as_zeros() -> None:
     merged, both = merge_chunk(ours, None, np.array([0, 4, 5, 0]))
     assert merged.tolist() == [1, 4, 2, 0] and both == 1  # voxel 2: we wrote 2, they 5
     assert merge_chunk(np.array([0, 4]), np.array([0, 0]), np.array([0, 4])) == (None, 0)
+
+
+# ---------------------------------------------------------------------------------------
+# Other handles of the same scale see what a commit stored
+# ---------------------------------------------------------------------------------------
+
+
+def test_other_handles_in_the_context_forget_a_rewritten_shards_index(
+    memory_store: MemoryKvStore,
+) -> None:
+    vol = create(memory_store)  # no chunk cache: every read goes to the shard
+    vol[...] = 1
+    ctx = vol.context
+    other = precomputed.open(
+        {"driver": "neuroglancer_precomputed", "kvstore": {"driver": "memory"}},
+        kvstore=memory_store,
+        context=ctx,
+    )
+    assert other.handle is not vol.handle and other.handle in ctx.scales(vol.handle.storage_id)
+    assert (other[4:8, 0:4, 0:4, :].read() == 1).all()  # caches the shard's index
+    # Rewrite chunk (0, 0, 0) of that shard with data that compresses differently, so
+    # every chunk after it moves inside the shard file.
+    noise = np.random.default_rng(0).integers(0, 2**16, (4, 4, 4, 1), dtype=np.uint16)
+    with vol.transaction():
+        vol[0:4, 0:4, 0:4, :] = noise
+    np.testing.assert_array_equal(other[0:4, 0:4, 0:4, :].read(), noise)
+    assert (other[4:8, 0:8, 0:8, :].read() == 1).all()
+
+
+def test_refresh_sees_a_write_made_through_another_context(memory_store: MemoryKvStore) -> None:
+    vol = create(memory_store)
+    vol[...] = 1
+    spec = {"driver": "neuroglancer_precomputed", "kvstore": {"driver": "memory"}}
+    reader = precomputed.open(spec, kvstore=memory_store, context=precomputed.Context())
+    assert (reader.read() == 1).all()  # its own cache now holds every chunk
+    vol[0:4, 0:4, 0:4, :] = 7  # another context: the reader's cache does not know
+    assert (reader[0:4, 0:4, 0:4, :].read() == 1).all()
+    reader.refresh()
+    assert (reader[0:4, 0:4, 0:4, :].read() == 7).all()
+    assert (reader[4:16, :, :, :].read() == 1).all()

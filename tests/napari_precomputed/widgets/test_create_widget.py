@@ -10,10 +10,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from napari_precomputed import _create
-from napari_precomputed._create import CreateVolumeWidget, field_for_message
+from member_path_cases import CASES
+from napari_precomputed.widgets import create as _create
+from napari_precomputed.widgets.create import CreateVolumeWidget, field_for_error
 from precomputed import create as C
 from precomputed.downsample import downsample as downsample_array
+from precomputed.errors import PrecomputedError
 from precomputed.sharding import choose_sharding
 
 ts = pytest.importorskip("tensorstore")
@@ -188,16 +190,18 @@ def test_automatic_sharding_targets_the_shard_size_and_explicit_starts_from_it(w
 
 
 def test_messages_are_routed_to_the_field_they_name():
-    assert (
-        field_for_message(
-            'Error parsing object member "scale_metadata": Error parsing '
-            'object member "png_level": Expected integer'
-        )
-        == "png_level"
-    )
-    assert field_for_message('Scale with key "8_8_40" already exists') == "key"
-    assert field_for_message("Scale with resolution [8.0,8.0,40.0] already exists") == "resolution"
-    assert field_for_message("something else") == "general"
+    def field(case: str) -> str:
+        mm, sm, existing, _ = CASES[case]
+        with pytest.raises(PrecomputedError) as e:
+            C.plan_scale(mm, sm, existing)
+        return field_for_error(e.value)
+
+    # 'Error parsing object member "scale_metadata": Error parsing object member
+    # "png_level": Expected integer ...'
+    assert field("png_level") == "png_level"
+    assert field("existing_key") == "key"  # 'Scale with key "s0" already exists'
+    assert field("existing_resolution") == "resolution"  # 'Scale with resolution [...] ...'
+    assert field_for_error(PrecomputedError("something else")) == "general"
 
 
 # -- fill from a layer, create, open ---------------------------------------------------------
@@ -384,7 +388,7 @@ def test_the_widget_is_contributed_by_the_manifest(viewer_model):
     by_name = {w.display_name: w for w in manifest.contributions.widgets}
     contribution = by_name["Create Precomputed volume"]
     command = PluginManager.instance().get_command(contribution.command)
-    assert command.python_name == "napari_precomputed._create:CreateVolumeWidget"
+    assert command.python_name == "napari_precomputed.widgets.create:CreateVolumeWidget"
 
 
 @pytest.mark.qt

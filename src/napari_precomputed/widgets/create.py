@@ -12,7 +12,8 @@ Two modes:
   adds it and fills it by downsampling.
 
 Every change is validated by the driver's own rules (:func:`precomputed.create.plan_scale`,
-i.e. ``parse_spec`` + ``create_scale``); the message appears under the field it concerns,
+i.e. ``parse_spec`` + ``create_scale``); the message appears under the field it concerns
+(the error's ``member_path`` names it),
 *Create* is disabled while anything is invalid, and the preview shows the ``info`` that
 will be written and the new scale's key. Creation runs in a worker thread with a napari
 progress bar; *Cancel* (or the progress bar's cancel button) stops it, and a cancelled or
@@ -65,7 +66,7 @@ from precomputed.kvstore import open_kvstore
 from precomputed.sharding import choose_sharding
 from precomputed.spec import parse_spec
 
-from ._writer import LayerVolumeSpec, layer_volume_spec
+from .._writer import LayerVolumeSpec, layer_volume_spec
 
 __all__ = ["CreateVolumeWidget"]
 
@@ -97,15 +98,6 @@ _MEMBER_FIELDS = {
     "minishard_index_encoding": "minishard_index_encoding",
     "data_encoding": "data_encoding",
 }
-# Messages that name no member (or name the wrong one first), matched in order.
-_MESSAGE_FIELDS = [
-    (re.compile(r"chunk keys would exceed 64 bits|write chunk shape"), "sharding"),
-    (re.compile(r"do not specify a valid region|domain must be specified"), "size"),
-    (re.compile(r"dtype must be specified|data type"), "data_type"),
-    (re.compile(r"encoding only (supported|supports)"), "encoding"),
-    (re.compile(r"Scale with key"), "key"),
-    (re.compile(r"Scale with resolution"), "resolution"),
-]
 # Field in error -> scale_metadata members to leave out to look for further errors.
 _ENCODING_MEMBERS = ("encoding", "jpeg_quality", "png_level", "compressed_segmentation_block_size")
 _DROP: dict[str, tuple[str, ...]] = {
@@ -131,28 +123,27 @@ _DROP: dict[str, tuple[str, ...]] = {
         )
     },
 }
-_MEMBER_RE = re.compile(r'member "([A-Za-z_@]+)"')
-_QUOTED_RE = re.compile(r'"([A-Za-z_]+)"')
-_OUTER_RE = re.compile(r'^(Error parsing object member "[A-Za-z_@]+": )+')
 
 
-def field_for_message(message: str) -> str:
-    """The widget field a driver error message is about (``"general"`` if none)."""
-    for pattern, name in _MESSAGE_FIELDS:
-        if pattern.search(message):
-            return name
-    for name in reversed(_MEMBER_RE.findall(message)):
-        if name in _MEMBER_FIELDS:
-            return _MEMBER_FIELDS[name]
-    for name in _QUOTED_RE.findall(message):
-        if name in _MEMBER_FIELDS:
+def field_for_error(error: BaseException) -> str:
+    """The widget field a driver error concerns: the innermost member of its
+    :attr:`~precomputed.errors.PrecomputedError.member_path` that has a field
+    (``"general"`` if none does)."""
+    for name in reversed(getattr(error, "member_path", ())):
+        if isinstance(name, str) and name in _MEMBER_FIELDS:
             return _MEMBER_FIELDS[name]
     return "general"
 
 
-def _short(message: str) -> str:
-    """The message without the member path (it is shown next to the member's field)."""
-    short = _OUTER_RE.sub("", message)
+def _short(error: BaseException) -> str:
+    """The message without its member-path prefixes (``Error parsing object member
+    "..."``: it is shown next to the member's field)."""
+    short = str(error)
+    for name in getattr(error, "member_path", ()):
+        prefix = f'Error parsing object member "{name}": '
+        if not (isinstance(name, str) and short.startswith(prefix)):
+            break
+        short = short[len(prefix) :]
     if short == "domain must be specified":
         short += ': give the "size"'
     return short
@@ -724,7 +715,7 @@ class CreateVolumeWidget(Container):
                 if note:
                     notes["shard_mib"] = note
             except PrecomputedError as e:
-                errors.setdefault(field_for_message(str(e)), _short(str(e)))
+                errors.setdefault(field_for_error(e), _short(e))
                 sm.pop("sharding", None)
         plan = self._plan_all_errors(mm, sm, existing, errors)
         if plan is not None:
@@ -733,7 +724,7 @@ class CreateVolumeWidget(Container):
             try:
                 plan_pyramid(plan.metadata, plan.scale_index, [factor] * self.field_value("levels"))
             except (PrecomputedError, ValueError) as e:
-                errors["levels"] = _short(str(e))
+                errors["levels"] = _short(e)
         if new and not str(self.field_value("destination")).strip():
             notes.setdefault("destination", "where to create the volume")
         self.errors = errors
@@ -761,9 +752,8 @@ class CreateVolumeWidget(Container):
             try:
                 plan = plan_scale(mm, sm, existing)
             except PrecomputedError as e:
-                msg = str(e)
-                name = field_for_message(msg)
-                errors.setdefault(name, _short(msg))
+                name = field_for_error(e)
+                errors.setdefault(name, _short(e))
                 drop = [m for m in _DROP.get(name, ()) if m in sm]
                 if not drop:
                     return None
@@ -789,7 +779,10 @@ class CreateVolumeWidget(Container):
                 s.size, s.chunk_sizes[0], write_chunk_elements=elements, encoding=s.encoding
             )
         except PrecomputedError as e:
-            raise type(e)(f'Error parsing object member "sharding": {e}') from None
+            raise type(e)(
+                f'Error parsing object member "sharding": {e}',
+                member_path=("sharding", *e.member_path),
+            ) from None
         if spec is None:
             return None, "the target holds at most one chunk: unsharded"
         return spec.to_json(), None

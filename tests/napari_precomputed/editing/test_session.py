@@ -14,59 +14,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from edit_cases import RES, add_reader_layer, mode_xyz
 from napari.layers import Labels
 from napari_volumes import ts_read, ts_spec, write_ts_volume
 
 import napari_precomputed as npc
 from napari_precomputed import CommitError, edit_labels
-from napari_precomputed._labels import COMMIT_KEY, open_sessions, view_region
-from napari_precomputed._reader import read_volume
-from precomputed.downsample import downsample_mode
-
-SIZE = (64, 64, 16)  # x, y, z: 4 x 4 x 4 chunks of 16 x 16 x 4
-RES = (4.0, 4.0, 40.0)
-
-
-@pytest.fixture
-def viewer_model() -> Any:
-    """A plain ViewerModel. These tests add their layers themselves, so they skip the
-    shared fixture's plugin registration (which a later ``make_napari_viewer`` teardown
-    makes fail when it runs again)."""
-    from napari.components import ViewerModel
-
-    return ViewerModel()
-
-
-def labels_xyz(seed: int = 0) -> np.ndarray:
-    """Blocky labels 1..6 (never 0, so no chunk ever becomes empty), x, y, z, 1."""
-    rng = np.random.default_rng(seed)
-    coarse = rng.integers(1, 7, size=(8, 8, 4))
-    return np.repeat(np.repeat(np.repeat(coarse, 8, 0), 8, 1), 4, 2)[..., None].astype(np.uint64)
-
-
-def mode_xyz(data: np.ndarray, factor: tuple[int, int, int]) -> np.ndarray:
-    return downsample_mode(data.transpose(3, 2, 1, 0), factor).transpose(3, 2, 1, 0)
-
-
-@pytest.fixture
-def seg(tmp_path: Path) -> Callable[..., Path]:
-    """``seg(sharded)``: a 2-scale segmentation written by TensorStore; scale 1 is the
-    (2, 2, 1) mode of scale 0."""
-
-    def make(sharded: bool = True, name: str = "seg") -> Path:
-        data = labels_xyz()
-        levels = [(data, (0, 0, 0), RES), (mode_xyz(data, (2, 2, 1)), (0, 0, 0), (8.0, 8.0, 40.0))]
-        return write_ts_volume(
-            tmp_path / name, levels, kind="segmentation", chunk=(16, 16, 4), sharded=sharded
-        )
-
-    return make
-
-
-def add_reader_layer(viewer: Any, path: Path) -> Labels:
-    (data, kwargs, kind), = read_volume(str(path))  # fmt: skip
-    assert kind == "labels"
-    return viewer.add_labels(data, **kwargs)
+from napari_precomputed.editing.session import COMMIT_KEY
 
 
 def twin(session: npc.EditSession) -> Labels:
@@ -350,24 +304,6 @@ def test_editing_a_coarser_scale_from_a_url(seg: Callable[..., Path], viewer_mod
     assert s1[3, 3, 0, 0] == 80
 
 
-def test_default_region_is_what_is_in_view_within_the_budget(
-    seg: Callable[..., Path], viewer_model: Any
-) -> None:
-    path = seg()
-    pyramid = add_reader_layer(viewer_model, path)
-    viewer_model.dims.set_point(0, 6 * 40.0)  # plane z = 6
-    viewer_model.scene.camera.center = (0.0, 30 * 4.0, 20 * 4.0)  # y = 30, x = 20
-    viewer_model.scene.camera.zoom = 600 / (24 * 4.0)  # the 600 px canvas shows ~24 voxels
-    box = view_region(viewer_model, pyramid.data[0].volume, budget=10**9)
-    assert box.start[2] == 4 and box.stop[2] == 8  # the chunk holding plane 6
-    assert box.start[:2] == (0, 0) and box.stop[:2] == (48, 48)  # view, in whole chunks
-    capped = view_region(viewer_model, pyramid.data[0].volume, budget=16 * 16 * 4)
-    assert np.prod(capped.shape) <= 16 * 16 * 4 and capped.shape[2] == 4
-    assert capped.start[0] <= 20 < capped.stop[0] and capped.start[1] <= 30 < capped.stop[1]
-    session = edit_labels(viewer_model, pyramid, budget=16 * 16 * 4)
-    assert session.region == capped
-
-
 def test_region_and_source_are_checked(seg: Callable[..., Path], viewer_model: Any) -> None:
     path = seg()
     with pytest.raises(IndexError, match="region"):
@@ -383,53 +319,6 @@ def test_region_and_source_are_checked(seg: Callable[..., Path], viewer_model: A
     pyramid = add_reader_layer(viewer_model, path)
     session = edit_labels(viewer_model, str(path), region=((0, 8), (0, 8), (0, 8)))
     assert session.source_layer is pyramid
-
-
-def test_removing_the_layer_headless_commits_by_default(
-    seg: Callable[..., Path], viewer_model: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.delenv("NAPARI_PRECOMPUTED_UNSAVED_EDITS", raising=False)
-    path = seg()
-    pyramid = add_reader_layer(viewer_model, path)
-    session = edit_labels(viewer_model, pyramid, region=((0, 64), (0, 64), (0, 16)))
-    session.layer.data[3, 5, 5] = 90
-    viewer_model.layers.remove(session.layer)
-    assert session.closed and session.dirty_chunks == 0
-    assert ts_read(path, 0)[0][5, 5, 3, 0] == 90
-
-
-def test_removing_the_layer_headless_can_keep_the_edits(
-    seg: Callable[..., Path], viewer_model: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("NAPARI_PRECOMPUTED_UNSAVED_EDITS", "keep")
-    path = seg()
-    pyramid = add_reader_layer(viewer_model, path)
-    session = edit_labels(viewer_model, pyramid, region=((0, 64), (0, 64), (0, 16)))
-    session.layer.data[3, 5, 5] = 91
-    viewer_model.layers.remove(session.layer)
-    assert not session.closed and session.dirty_chunks == 1
-    assert session in open_sessions()
-    assert ts_read(path, 0)[0][5, 5, 3, 0] != 91
-    session.commit()
-    assert ts_read(path, 0)[0][5, 5, 3, 0] == 91
-    assert session.close() and session not in open_sessions()
-
-
-def test_a_failed_commit_on_removal_keeps_the_session(
-    seg: Callable[..., Path], viewer_model: Any
-) -> None:
-    path = seg()
-    pyramid = add_reader_layer(viewer_model, path)
-    session = edit_labels(
-        viewer_model, pyramid, region=((0, 64), (0, 64), (0, 16)), on_unsaved="commit"
-    )
-    session.layer.data[3, 5, 5] = 92
-    session.volume.kvstore.read_only = True
-    viewer_model.layers.remove(session.layer)
-    assert not session.closed and session.dirty_chunks == 1
-    session.volume.kvstore.read_only = False
-    session.commit()
-    assert ts_read(path, 0)[0][5, 5, 3, 0] == 92
 
 
 def test_commit_key_binding_and_discard(seg: Callable[..., Path], viewer_model: Any) -> None:
@@ -455,37 +344,32 @@ def test_multichannel_volumes_are_refused(tmp_path: Path, viewer_model: Any) -> 
         edit_labels(viewer_model, str(path), region=((0, 8), (0, 8), (0, 4)))
 
 
-def test_the_edit_array_indexes_like_numpy(seg: Callable[..., Path]) -> None:
-    path = seg(sharded=False)
-    session = edit_labels(None, str(path), region=((8, 56), (4, 60), (2, 14)))
-    data = session.data
-    ref = np.array(data)
-    assert ref.shape == data.shape == (12, 56, 48)
-    assert data[3, 7, 9] == ref[3, 7, 9] and np.asarray(data[3, 7, 9]).ndim == 0
-    np.testing.assert_array_equal(np.asarray(data[2:9, ::3, 5]), ref[2:9, ::3, 5])
-    zs, ys, xs = np.array([0, 11, 5, 5]), np.array([0, 55, 20, 21]), np.array([47, 0, 30, 30])
-    np.testing.assert_array_equal(data[zs, ys, xs], ref[zs, ys, xs])  # across chunks
-    np.testing.assert_array_equal(data[4, ys, 3:9], ref[4, ys, 3:9])  # mixed
-    mask = ref == ref[6, 30, 30]
-    np.testing.assert_array_equal(data[mask], ref[mask])
-    for key, value in [
-        ((zs, ys, xs), np.array([101, 102, 103, 104])),
-        ((4, ys, slice(3, 9)), 105),
-        ((slice(1, 3), slice(10, 20), slice(40, 48)), 106),
-        ((7, slice(0, 56, 5), 11), 107),
-    ]:
-        data[key] = value
-        ref[key] = value
-    np.testing.assert_array_equal(np.array(data), ref)
-    assert session.dirty_chunks > 4
-    session.commit()
-    stored, _ = ts_read(path, 0)
-    np.testing.assert_array_equal(stored[8:56, 4:60, 2:14, 0], ref.transpose(2, 1, 0))
-
-
-def test_a_zyx_view_of_one_voxel_reads_as_a_0d_array(seg: Callable[..., Path]) -> None:
+def test_other_layers_of_the_volume_show_the_commit(
+    seg: Callable[..., Path], viewer_model: Any
+) -> None:
     import precomputed
+    from napari_precomputed import read_volume
 
-    vol = precomputed.open(str(seg(sharded=False)))
-    value = np.asarray(vol.zyx()[3, 7, 9])
-    assert value.shape == () and value == labels_xyz()[9, 7, 3, 0]
+    path = seg(sharded=True)
+    pyramid = add_reader_layer(viewer_model, path)
+    layers = [pyramid]
+    for name, options in [
+        ("same context", {}),
+        ("own context", {"context": precomputed.Context()}),
+    ]:
+        ((data, kwargs, _),) = read_volume(str(path), **options)
+        layers.append(viewer_model.add_labels(data, **{**kwargs, "name": name}))
+    assert layers[1].data[0].volume.handle is not pyramid.data[0].volume.handle
+    # The layers of one context share cached chunks: the one with its own handles reads
+    # first (before and after), so its handle, not the pyramid's, uses its shard indices.
+    layers.reverse()
+    before = [np.asarray(layer.data[0]).copy() for layer in layers]
+    session = edit_labels(viewer_model, pyramid, region=((0, 64), (0, 64), (0, 16)))
+    # Labels that compress worse than the blocks they replace: every chunk of both shards
+    # moves inside its shard file, so stale shard indices would read the wrong bytes.
+    expected = before[-1].copy()
+    expected[0:4, 0:16, :] = np.random.default_rng(1).integers(1, 1000, (4, 16, 64))
+    session.layer.data[0:4, 0:16, :] = expected[0:4, 0:16, :]
+    session.commit(downsample=False)
+    for layer in layers:
+        np.testing.assert_array_equal(np.asarray(layer.data[0]), expected, err_msg=layer.name)

@@ -1,16 +1,18 @@
 """The *Edit labels* dock widget and the Qt side of edit sessions.
 
-The widget opens an :class:`~napari_precomputed._labels.EditSession` over a segmentation
+The widget opens an :class:`~napari_precomputed.editing.EditSession` over a segmentation
 layer (or a URL), shows its dirty chunks and shards, and commits in a worker thread with a
-progress bar so the viewer stays responsive. The helpers below are what sessions use in a
-visible viewer: the commit / discard / cancel question, background commits, and the filter
-that asks before the window closes.
+progress bar so the viewer stays responsive. :data:`QT_PROMPT` is the Qt implementation
+of the unsaved-edit policy's :class:`~napari_precomputed.editing.policy.Prompt` (the
+commit / discard / cancel question, background and blocking commits, the filter that asks
+before the window closes), registered with the policy when this module is imported.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from magicgui.widgets import (
@@ -28,19 +30,13 @@ from qtpy.QtCore import QEvent, QObject, QTimer, Signal
 import precomputed
 from precomputed import PrecomputedError
 
-from ._labels import (
-    COMMIT_KEY,
-    DEFAULT_VOXEL_BUDGET,
-    CommitError,
-    CommitResult,
-    EditSession,
-    _may_close_viewer,
-    edit_labels,
-    open_sessions,
-    unwrap_viewer,
-)
+from .._reader import layer_volumes
+from ..editing import policy
+from ..editing.region import DEFAULT_VOXEL_BUDGET
+from ..editing.results import CommitError, CommitResult
+from ..editing.session import COMMIT_KEY, EditSession, edit_labels, open_sessions, unwrap_viewer
 
-__all__ = ["EditLabelsWidget", "commit_in_background", "ask_unsaved"]
+__all__ = ["EditLabelsWidget", "QtPrompt", "QT_PROMPT", "commit_in_background", "ask_unsaved"]
 
 log = logging.getLogger("napari_precomputed")
 
@@ -95,18 +91,6 @@ def show_commit_error(viewer: Any, message: str) -> None:
     from qtpy.QtWidgets import QMessageBox
 
     QMessageBox.critical(_parent(viewer), "Commit failed", message)
-
-
-def reinsert_layer(viewer: Any, layer: Any, index: int, then: Any = None) -> None:
-    """Put a removed layer back once the removal event has finished, then call ``then``."""
-
-    def put_back() -> None:
-        if layer not in viewer.layers:
-            viewer.layers.insert(min(index, len(viewer.layers)), layer)
-        if then is not None:
-            then()
-
-    QTimer.singleShot(0, put_back)
 
 
 # -- background commits -----------------------------------------------------------------------
@@ -213,24 +197,58 @@ def run_blocking_commit(viewer: Any, session: EditSession) -> CommitResult:
 class _CloseFilter(QObject):
     """Asks about uncommitted edits when the main window is asked to close."""
 
-    def __init__(self, viewer: Any, parent: QObject) -> None:
+    def __init__(self, may_close: Callable[[], bool], parent: QObject) -> None:
         super().__init__(parent)
-        self._viewer = viewer
+        self._may_close = may_close
 
     def eventFilter(self, obj: QObject | None, event: QEvent | None) -> bool:  # noqa: N802 (Qt API)
         if event is None:
             return False
-        if event.type() == QEvent.Type.Close and not _may_close_viewer(self._viewer):
+        if event.type() == QEvent.Type.Close and not self._may_close():
             event.ignore()
             return True
         return False
 
 
-def install_close_filter(viewer: Any) -> None:
+def install_close_filter(viewer: Any, may_close: Callable[[], bool]) -> None:
+    """Ask ``may_close()`` before the viewer's main window closes."""
     qt_window = viewer.window._qt_window
-    filt = _CloseFilter(viewer, qt_window)
+    filt = _CloseFilter(may_close, qt_window)
     qt_window.installEventFilter(filt)
     qt_window._precomputed_close_filter = filt
+
+
+# -- the prompt -------------------------------------------------------------------------------
+
+
+class QtPrompt:
+    """The unsaved-edit policy's :class:`~napari_precomputed.editing.policy.Prompt` in a
+    Qt viewer: dialogs, worker-thread commits and the close filter. Each method calls
+    this module's function of the same job (looked up when called, so tests can
+    replace the dialogs)."""
+
+    def ask_unsaved(self, viewer: Any, message: str) -> policy.Choice:
+        return ask_unsaved(viewer, message)  # type: ignore[return-value]
+
+    def show_error(self, viewer: Any, message: str) -> None:
+        show_commit_error(viewer, message)
+
+    def commit_in_background(self, session: Any, *, close_after: bool = False) -> None:
+        commit_in_background(session, close_after=close_after)
+
+    def commit_blocking(self, viewer: Any, session: Any) -> None:
+        run_blocking_commit(viewer, session)
+
+    def later(self, callback: Callable[[], None]) -> None:
+        QTimer.singleShot(0, callback)
+
+    def guard_close(self, viewer: Any, may_close: Callable[[], bool]) -> None:
+        install_close_filter(viewer, may_close)
+
+
+#: The Qt prompt, registered with the policy on import.
+QT_PROMPT = QtPrompt()
+policy.register_prompt(QT_PROMPT)
 
 
 # -- the widget -------------------------------------------------------------------------------
@@ -372,9 +390,7 @@ class EditLabelsWidget(Container):
         layer = self.source.value
         try:
             if layer is not None:
-                from ._labels import _reader_layer_volumes
-
-                meta = next(iter(_reader_layer_volumes(layer).values())).metadata
+                meta = next(iter(layer_volumes(layer).values())).metadata
             elif str(self.url.value).strip():
                 vol = precomputed.open(str(self.url.value).strip())
                 meta = vol.metadata

@@ -13,12 +13,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from edit_cases import RES, add_reader_layer, labels_xyz, mode_xyz
 from napari_volumes import ts_read, write_ts_volume
-from test_labels import RES, add_reader_layer, labels_xyz, mode_xyz
 
-from napari_precomputed import _labels_widget
-from napari_precomputed._labels import open_sessions
-from napari_precomputed._labels_widget import EditLabelsWidget
+from napari_precomputed.editing.session import open_sessions
+from napari_precomputed.widgets import labels as _labels_widget
+from napari_precomputed.widgets.labels import EditLabelsWidget
 
 PLUGIN = "napari-precomputed"
 

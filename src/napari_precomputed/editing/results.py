@@ -1,0 +1,80 @@
+"""What a commit of an edit session did, and how it fails."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from precomputed import PrecomputedError
+from precomputed.chunkstore import CommitStats
+
+__all__ = ["ChunkConflict", "CommitResult", "CommitError", "plural"]
+
+
+@dataclass
+class ChunkConflict:
+    """A chunk both this session and another writer changed since the session read it.
+
+    The stored chunk was merged voxel by voxel: the other writer's values where this
+    session did not paint, this session's where it did. ``voxels`` counts the voxels both
+    changed to different values (this session's value was kept)."""
+
+    position: tuple[int, int, int]
+    key: str
+    voxels: int
+
+
+@dataclass
+class CommitResult:
+    """What one :meth:`EditSession.commit` did."""
+
+    #: Chunks of the edited scale stored (written or, when all zero, deleted).
+    chunks_written: int = 0
+    chunks_deleted: int = 0
+    #: Shard files (or unsharded chunk keys) of the edited scale rewritten.
+    shards_written: int = 0
+    #: Whether the edited scale is sharded.
+    sharded: bool = False
+    #: Dirty chunks identical to what they were based on (edits undone): not written.
+    unchanged: int = 0
+    conflicts: list[ChunkConflict] = field(default_factory=list)
+    #: Storage keys written at the edited scale.
+    keys: list[str] = field(default_factory=list)
+    stats: CommitStats = field(default_factory=CommitStats)
+    #: Scale index -> what updating that coarser scale wrote.
+    downsampled: dict[int, CommitStats] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        if not (self.chunks_written or self.chunks_deleted or self.downsampled):
+            text = "nothing to store"
+            if self.unchanged:
+                text += f" ({self.unchanged} chunk{plural(self.unchanged)} back to original)"
+            return text
+        n = self.chunks_written + self.chunks_deleted
+        unit = "shard" if self.sharded else "chunk file"
+        parts = [
+            f"{n} chunk{plural(n)} stored in {self.shards_written} {unit}{plural(self.shards_written)}"
+        ]
+        if self.downsampled:
+            files = sum(s.groups_written + s.groups_deleted for s in self.downsampled.values())
+            parts.append(f"{len(self.downsampled)} coarser scale{plural(len(self.downsampled))} "
+                         f"updated ({files} file{plural(files)})")  # fmt: skip
+        if self.conflicts:
+            parts.append(
+                f"{len(self.conflicts)} chunk{plural(len(self.conflicts))} also changed by "
+                "another writer (merged)"
+            )
+        return ", ".join(parts) + f" in {self.seconds:.2f} s"
+
+
+def plural(n: int) -> str:
+    """ "s" unless ``n`` is one: ``f"{n} chunk{plural(n)}"``."""
+    return "" if n == 1 else "s"
+
+
+class CommitError(PrecomputedError):
+    """A commit failed; every edit that was not stored is still in the session."""
+
+    def __init__(self, message: str, cause: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause

@@ -1,0 +1,1 @@
+"""The plugin's magicgui/Qt widgets: the only modules that import Qt."""
