@@ -22,7 +22,7 @@ from typing import Any
 import mmh3
 import numpy as np
 
-from .codecs.gzip import GZIP_ERROR, gzip_compress, gzip_inflate
+from .codecs.gzip import DEFAULT_LIMIT, GZIP_ERROR, gzip_compress, gzip_inflate
 from .errors import CorruptDataError, InvalidArgumentError
 from .internal import jsonparse
 
@@ -47,6 +47,7 @@ __all__ = [
     "split_shard",
     "encode_chunk_data",
     "decode_chunk_data",
+    "MAX_MINISHARD_ENTRIES",
     "is_rectangular",
     "minishard_shape_in_chunks",
     "shard_shape_in_chunks",
@@ -70,6 +71,10 @@ _MEMBERS = (
 )
 _U64 = (1 << 64) - 1
 _I64_MAX = (1 << 63) - 1
+#: The most entries a minishard index may hold when the caller knows no tighter bound
+#: (a chunk store knows one: the chunks that can map to a minishard). 4 Mi entries are
+#: 96 MiB decoded, far more than any real minishard (Neuroglancer fetches it whole).
+MAX_MINISHARD_ENTRIES = 1 << 22
 
 # ---------------------------------------------------------------------------------------
 # Sharding spec
@@ -391,18 +396,23 @@ def encode_minishard_index(ids: np.ndarray, starts: np.ndarray, ends: np.ndarray
 
 
 def decode_minishard_index(
-    data: bytes, spec: ShardingSpec, key: str, minishard: int
+    data: bytes | memoryview,
+    spec: ShardingSpec,
+    key: str,
+    minishard: int,
+    max_entries: int = MAX_MINISHARD_ENTRIES,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Decode an encoded minishard index.
 
     Returns ``(ids uint64, starts int64, ends int64)`` sorted by id, with byte offsets
-    absolute in the shard file (the shard index size added).
+    absolute in the shard file (the shard index size added). A gzip index is inflated to
+    at most ``max_entries`` entries (24 bytes each): a bomb is a CorruptDataError.
     """
     where = f'Error decoding minishard index for minishard {minishard} in "{key}"'
     if spec.minishard_index_encoding == "gzip":
-        data, why = gzip_inflate(bytes(data))
+        data, why = gzip_inflate(data, 24 * max_entries)
         if why is not None:
-            raise CorruptDataError(f"{where}: {GZIP_ERROR}")
+            raise CorruptDataError(f"{where}: {GZIP_ERROR}: {why}")
     if len(data) % 24:
         raise CorruptDataError(f"{where}: Invalid minishard index length: {len(data)}")
     n = len(data) // 24
@@ -446,13 +456,16 @@ def encode_chunk_data(data: bytes, spec: ShardingSpec) -> bytes:
     return gzip_compress(data) if spec.data_encoding == "gzip" else bytes(data)
 
 
-def decode_chunk_data(data: bytes | memoryview, spec: ShardingSpec, what: str) -> bytes:
-    """Undo the shard ``data_encoding``; ``what`` (e.g. chunk id and key) names it in errors."""
+def decode_chunk_data(
+    data: bytes | memoryview, spec: ShardingSpec, what: str, limit: int = DEFAULT_LIMIT
+) -> bytes:
+    """Undo the shard ``data_encoding`` (inflating to at most ``limit`` bytes); ``what``
+    (e.g. chunk id and key) names it in errors."""
     if spec.data_encoding != "gzip":
         return bytes(data)
-    out, why = gzip_inflate(bytes(data))
+    out, why = gzip_inflate(data, limit)
     if why is not None:
-        raise CorruptDataError(f"Error decoding {what}: {GZIP_ERROR}")
+        raise CorruptDataError(f"Error decoding {what}: {GZIP_ERROR}: {why}")
     return out
 
 
@@ -537,6 +550,8 @@ def split_shard(
     *,
     decode: bool = True,
     allow_duplicates: bool = False,
+    limit: int = DEFAULT_LIMIT,
+    max_entries: int = MAX_MINISHARD_ENTRIES,
 ) -> dict[int, bytes | memoryview]:
     """Split a stored shard into ``{chunk id: chunk bytes}`` (minishard, id order).
 
@@ -546,6 +561,7 @@ def split_shard(
     old and the new shard, not a third copy). An empty shard is ``{}``. Validates like
     TensorStore's write path (§5.8); ``allow_duplicates`` accepts a chunk id listed twice
     in a minishard index and keeps its first entry, as a read of that chunk would.
+    ``limit`` and ``max_entries`` bound the inflation of chunk data and minishard indices.
     """
     where = f'Error reading shard "{key}"'
     data = bytes(data)
@@ -574,7 +590,7 @@ def split_shard(
         if start == end:
             continue
         ids, starts, ends = decode_minishard_index(
-            data[start + index_size : end + index_size], spec, key, m
+            view[start + index_size : end + index_size], spec, key, m, max_entries
         )
         # Entries are checked in id order: a repeated id, then the entry's byte range.
         dup = np.flatnonzero(ids[1:] == ids[:-1]) + 1
@@ -600,7 +616,7 @@ def split_shard(
                 continue  # a duplicate id (allow_duplicates): the first entry wins
             if decode:
                 chunk = decode_chunk_data(
-                    chunk, spec, f'chunk {chunk_id} in minishard {m} of "{key}"'
+                    chunk, spec, f'chunk {chunk_id} in minishard {m} of "{key}"', limit
                 )
             result[chunk_id] = chunk
     return result

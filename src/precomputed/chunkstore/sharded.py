@@ -9,6 +9,7 @@ grid on it: a grid position is a compressed Morton id.
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 import time
@@ -19,6 +20,7 @@ import numpy as np
 from cachetools import LRUCache
 
 from .. import sharding as sh
+from ..codecs.gzip import DEFAULT_LIMIT
 from ..errors import ConditionFailedError, CorruptDataError
 from ..internal.geometry import ChunkGrid, Vec3
 from ..kvstore import NO_VALUE, KvStore
@@ -74,10 +76,22 @@ class ShardedIdStore:
     #: Attempts to rewrite a shard that other writers keep changing before giving up.
     MAX_COMMIT_RETRIES = 64
 
-    def __init__(self, kvstore: KvStore, prefix: str, spec: sh.ShardingSpec) -> None:
+    def __init__(
+        self,
+        kvstore: KvStore,
+        prefix: str,
+        spec: sh.ShardingSpec,
+        *,
+        max_value_bytes: int = DEFAULT_LIMIT,
+        max_minishard_entries: int = sh.MAX_MINISHARD_ENTRIES,
+    ) -> None:
         self.kvstore = kvstore
         self.prefix = prefix
         self.spec = spec
+        #: Bounds of every inflation (gzip chunk data, gzip minishard indices): what the
+        #: format allows the values and minishards of this store to hold.
+        self.max_value_bytes = max_value_bytes
+        self.max_minishard_entries = max_minishard_entries
         self.index_size = spec.shard_index_size
         self._lock = threading.Lock()
         # (shard, minishard) -> set when the thread loading its minishard index is done
@@ -154,14 +168,14 @@ class ShardedIdStore:
         if self.spec.data_encoding == "raw":
             return bytes(blob)
         try:
-            return sh.decode_chunk_data(blob, self.spec, "")
+            return sh.decode_chunk_data(blob, self.spec, "", self.max_value_bytes)
         except CorruptDataError:
             p = self.place([chunk_id()])
             what = (
                 f'chunk {int(p.ids[0])} in minishard {int(p.minishards[0])} of '
                 f'"{self.shard_key(int(p.shards[0]))}"'
             )
-            sh.decode_chunk_data(blob, self.spec, what)  # raises again, naming the chunk
+            sh.decode_chunk_data(blob, self.spec, what, self.max_value_bytes)  # names the chunk
             raise  # pragma: no cover
 
     def _read_whole_shards(
@@ -182,7 +196,13 @@ class ShardedIdStore:
                     {}
                     if blob is None
                     else sh.split_shard(
-                        blob, self.spec, key, allow_duplicates=True, decode=not deferred
+                        blob,
+                        self.spec,
+                        key,
+                        allow_duplicates=True,
+                        decode=not deferred,
+                        limit=self.max_value_bytes,
+                        max_entries=self.max_minishard_entries,
                     )
                 )
             except CorruptDataError as e:
@@ -227,7 +247,11 @@ class ShardedIdStore:
                     f"Error reading {what}: Requested byte range [{a}, {b}) is not valid for "
                     f"value of size {_size_seen(a, blob)}"
                 )
-            out[i] = blob if deferred else sh.decode_chunk_data(blob, self.spec, what)
+            out[i] = (
+                blob
+                if deferred
+                else sh.decode_chunk_data(blob, self.spec, what, self.max_value_bytes)
+            )
 
     def _minishard_tables(
         self, wanted: Mapping[tuple[int, int], int]
@@ -370,7 +394,9 @@ class ShardedIdStore:
                         f"value of size {_size_seen(a, blob)}"
                     )
                 try:
-                    mids, starts, ends = sh.decode_minishard_index(blob, self.spec, key, m)
+                    mids, starts, ends = sh.decode_minishard_index(
+                        blob, self.spec, key, m, self.max_minishard_entries
+                    )
                 except CorruptDataError as e:
                     raise CorruptDataError(f"Error reading chunk {cid}: {e}") from None
                 table: dict[int, tuple[int, int]] = {}
@@ -423,7 +449,17 @@ class ShardedIdStore:
                 # shard): no gunzip/gzip round trip, and only the old + the new shard in
                 # memory. A shard that cannot be parsed is never overwritten.
                 try:
-                    merged = {} if not blob else sh.split_shard(blob, self.spec, key, decode=False)
+                    merged = (
+                        {}
+                        if not blob
+                        else sh.split_shard(
+                            blob,
+                            self.spec,
+                            key,
+                            decode=False,
+                            max_entries=self.max_minishard_entries,
+                        )
+                    )
                 except CorruptDataError as e:
                     raise CorruptDataError(
                         f'Cannot write {_ids_text(new)} to shard "{key}" (nothing was '
@@ -473,13 +509,28 @@ class ShardedChunkStore(ChunkStore):
     :class:`ShardedIdStore` (``ids``); write groups are shard numbers."""
 
     def __init__(
-        self, kvstore: KvStore, prefix: str, grid: ChunkGrid, spec: sh.ShardingSpec
+        self,
+        kvstore: KvStore,
+        prefix: str,
+        grid: ChunkGrid,
+        spec: sh.ShardingSpec,
+        max_chunk_bytes: int = DEFAULT_LIMIT,
     ) -> None:
         super().__init__(kvstore, prefix, grid)
         self.spec = spec
-        self.ids = ShardedIdStore(kvstore, prefix, spec)
         self.bits = sh.morton_bits(grid.size, grid.chunk)
         self.rectangular_groups = sh.is_rectangular(spec, self.bits)
+        # A minishard holds at most the chunks that can map to it: its box of the grid
+        # for rectangular shards, else (hashed) the whole grid.
+        cell = sh.minishard_shape_in_chunks(spec, self.bits, grid.shape)
+        most = math.prod(cell) if cell is not None else grid.num_chunks
+        self.ids = ShardedIdStore(
+            kvstore,
+            prefix,
+            spec,
+            max_value_bytes=max_chunk_bytes,
+            max_minishard_entries=max(1, min(most, sh.MAX_MINISHARD_ENTRIES)),
+        )
 
     # -- placement ----------------------------------------------------------------------
     def chunk_ids(self, positions: Sequence[Vec3] | np.ndarray) -> np.ndarray:
