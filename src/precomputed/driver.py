@@ -103,6 +103,7 @@ def open(
             if req.open:
                 continue  # someone created it meanwhile: open it
             raise
+        md.check_scale(new_meta, index)  # before anything is written
         if kv.write_if(info_key, new_meta.dumps(), generation if meta is not None else NO_VALUE):
             return _make_volume(kv, path, new_meta, index, None, req, ctx)
     raise FailedPreconditionError(
@@ -160,6 +161,7 @@ def _make_volume(
     req: OpenRequest,
     ctx: Context,
 ) -> Volume:
+    md.check_scale(meta, index)  # what TensorStore takes but this driver refuses
     scale = meta.scales[index]
     cx, cy, cz = chunk or scale.chunk_sizes[0]
     chunk_xyz = (cx, cy, cz)
