@@ -33,7 +33,7 @@ DRIVER_LAYERS: list[tuple[str, list[str]]] = [
         "kvstore",
     ]),
     ("format", [
-        "codecs.table", "codecs.gzip", "codecs.raw", "codecs.image", "codecs.jpeg", "codecs.png",
+        "codecs.table", "codecs.gzip", "codecs.compression", "codecs.raw", "codecs.image", "codecs.jpeg", "codecs.png",
         "codecs.cseg.native", "codecs.cseg.decode", "codecs.cseg.region", "codecs.cseg.encode",
         "codecs.cseg", "codecs",
         "sharding", "schema", "metadata", "info_members", "constraints", "spec",

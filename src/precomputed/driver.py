@@ -13,9 +13,12 @@ from __future__ import annotations
 import copyreg
 from typing import Any
 
+import numpy as np
+
 from . import constraints
 from . import metadata as md
 from .chunkstore import ChunkStore, ShardedChunkStore, UnshardedChunkStore
+from .codecs import stored_size_bounds
 from .context import Context, default_context
 from .errors import AlreadyExistsError, FailedPreconditionError, NotFoundError
 from .internal.geometry import ChunkGrid
@@ -100,6 +103,7 @@ def open(
             if req.open:
                 continue  # someone created it meanwhile: open it
             raise
+        md.check_scale(new_meta, index)  # before anything is written
         if kv.write_if(info_key, new_meta.dumps(), generation if meta is not None else NO_VALUE):
             return _make_volume(kv, path, new_meta, index, None, req, ctx)
     raise FailedPreconditionError(
@@ -157,16 +161,28 @@ def _make_volume(
     req: OpenRequest,
     ctx: Context,
 ) -> Volume:
+    md.check_scale(meta, index)  # what TensorStore takes but this driver refuses
     scale = meta.scales[index]
     cx, cy, cz = chunk or scale.chunk_sizes[0]
     chunk_xyz = (cx, cy, cz)
     grid = ChunkGrid(tuple(scale.size), tuple(scale.voxel_offset), chunk_xyz)  # type: ignore[arg-type]
     prefix = md.resolve_scale_key(path, scale.key)
+    enc = scale.chunk_encoding()
+    dtype = np.dtype(meta.data_type)
+    channels = meta.num_channels
     store: ChunkStore
     if scale.sharding is not None:
-        store = ShardedChunkStore(kv, prefix, grid, scale.sharding)
+        # Every chunk is bounded by the largest one: the chunk size clipped to the volume.
+        x, y, z = (min(c, s) for c, s in zip(chunk_xyz, scale.size, strict=True))
+        _, most = stored_size_bounds((channels, z, y, x), dtype, enc)
+        store = ShardedChunkStore(kv, prefix, grid, scale.sharding, max_chunk_bytes=most)
     else:
-        store = UnshardedChunkStore(kv, prefix, grid)
+
+        def sizes(pos: tuple[int, int, int]) -> tuple[int | None, int]:
+            x, y, z = grid.chunk_shape(pos)
+            return stored_size_bounds((channels, z, y, x), dtype, enc)
+
+        store = UnshardedChunkStore(kv, prefix, grid, sizes)
 
     handle = OpenedScale(
         kvstore=kv,

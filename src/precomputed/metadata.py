@@ -10,6 +10,7 @@ value formatting (compact JSON), so users can search for them. What a spec may a
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +47,15 @@ __all__ = [
     "MultiscaleMetadata",
     "scale_key_from_resolution",
     "resolve_scale_key",
+    "check_scale_key",
+    "check_scale",
+    "load_json",
+    "check_json",
+    "MAX_INFO_BYTES",
+    "MAX_JSON_DEPTH",
+    "MAX_SHARD_INDEX_BYTES",
+    "MAX_CHUNK_BYTES",
+    "MAX_CSEG_BLOCK_VOXELS",
     "check_bounds",
     "check_sharded_bits",
     "parse_sharding",
@@ -57,6 +67,20 @@ __all__ = [
 ]
 
 MULTISCALE_TYPE = "neuroglancer_multiscale_volume"
+#: Limits on a stored ``info`` (TensorStore has none): the file's size and the nesting
+#: depth of its JSON. A real ``info`` is a few KiB deep 5; these stop a hostile one
+#: before it costs memory or the interpreter's stack.
+MAX_INFO_BYTES = 16 << 20
+MAX_JSON_DEPTH = 64
+#: Limits on a scale's geometry (TensorStore has none), checked when a scale is opened or
+#: created, before anything is allocated for it: the shard index every shard file starts
+#: with (``16 << minishard_bits`` bytes, allocated whole to write a shard) and the largest
+#: decoded chunk (its extent clipped to the volume, times channels and item size).
+MAX_SHARD_INDEX_BYTES = 64 << 20
+MAX_CHUNK_BYTES = 2 << 30
+#: compressed_segmentation blocks: the encoded-value area of a block is sized by the whole
+#: block, and its offsets are 24-bit words, so a larger block cannot be stored.
+MAX_CSEG_BLOCK_VOXELS = 1 << 24
 DEFAULT_JPEG_QUALITY = 75
 #: TensorStore's index limits: finite indices lie in [-(2^62-2), 2^62-2].
 MAX_FINITE_INDEX = (1 << 62) - 2
@@ -132,7 +156,17 @@ def parse_chunk_vec(value: Any) -> Vec3:
 
 
 def parse_resolution(value: Any) -> tuple[float, float, float]:
-    return parse_vector(value, parse_loose_float)
+    return parse_vector(value, parse_finite_float)
+
+
+def parse_finite_float(value: Any) -> float:
+    """:func:`parse_loose_float`, refusing NaN and infinities (``"nan"``, ``1e999``): JSON
+    cannot hold them, so an ``info`` written with one could not be read back (TensorStore
+    accepts them when parsing and writes ``NaN``, which no JSON parser reads)."""
+    v = parse_loose_float(value)
+    if not math.isfinite(v):
+        raise fail("finite 64-bit floating-point number", value)
+    return v
 
 
 # ---------------------------------------------------------------------------------------
@@ -279,13 +313,12 @@ class MultiscaleMetadata:
     def loads(cls, data: bytes | str, key: str = "info") -> MultiscaleMetadata:
         """Parse the bytes of a stored info file named ``key``."""
 
-        def reject(name: str) -> None:  # NaN/Infinity are not JSON
-            raise ValueError(name)
-
-        try:
-            obj = json.loads(data, parse_constant=reject)
-        except (ValueError, UnicodeDecodeError):
-            raise FailedPreconditionError(f'Error reading "{key}": Invalid JSON') from None
+        if len(data) > MAX_INFO_BYTES:
+            raise FailedPreconditionError(
+                f'Error reading "{key}": {len(data)} bytes is more than an info file may '
+                f"hold ({MAX_INFO_BYTES} bytes)"
+            )
+        obj = load_json(data, key)
         return cls.from_json(obj, key)
 
     @classmethod
@@ -342,9 +375,13 @@ class MultiscaleMetadata:
 
     def dumps(self) -> bytes:
         """The info file bytes exactly as TensorStore writes them: compact JSON, keys
-        sorted, resolutions as floats (Python's float repr equals nlohmann's)."""
+        sorted, resolutions as floats (Python's float repr equals nlohmann's). Anything
+        JSON cannot hold (NaN, infinities, lone surrogates) is an InvalidArgumentError:
+        an ``info`` is never written that could not be read back."""
+        obj = self.to_json()
+        check_json(obj, InvalidArgumentError)
         return json.dumps(
-            self.to_json(), separators=(",", ":"), sort_keys=True, ensure_ascii=False
+            obj, separators=(",", ":"), sort_keys=True, ensure_ascii=False, allow_nan=False
         ).encode("utf-8")
 
 
@@ -358,8 +395,48 @@ def scale_key_from_resolution(resolution: Sequence[float]) -> str:
     return "_".join(format_g(float(r)) for r in resolution)
 
 
+def check_scale_key(key: str) -> None:
+    """Refuse a scale key whose directory is not strictly inside the volume directory:
+    empty, absolute, with a NUL, climbing out with ``..`` (at any point), naming the
+    volume directory itself, or ``info``. InvalidArgumentError naming ``key``.
+
+    TensorStore 0.1.86 resolves any key (§3.1), so ``../../elsewhere`` reads and writes
+    outside the volume (and, with enough ``..``, anywhere the store reaches); this driver
+    does not, on any store."""
+    why = None
+    if not key:
+        why = "is empty"
+    elif key.startswith("/"):
+        why = "is absolute"
+    elif "\0" in key:
+        why = "contains a NUL character"
+    else:
+        parts: list[str] = []  # the key's directory, relative to the volume's
+        for comp in key.split("/"):
+            if comp == "..":
+                if not parts:
+                    why = "leaves the volume directory"
+                    break
+                parts.pop()
+            elif comp not in ("", "."):
+                parts.append(comp)
+        else:
+            if not parts:
+                why = "names the volume directory itself"
+            elif parts[0] == "info":
+                why = 'lies in the volume\'s "info" file'
+    if why is not None:
+        raise InvalidArgumentError(
+            f"Scale key {dump_json(key)} {why}: a scale key must name a directory inside "
+            "the volume", member_path=("key",)
+        )
+
+
 def resolve_scale_key(path: str, key: str) -> str:
-    """The scale directory for ``key`` inside the volume directory ``path`` (§3.1)."""
+    """The scale directory for ``key`` inside the volume directory ``path`` (§3.1);
+    a key that would resolve outside it is an InvalidArgumentError
+    (:func:`check_scale_key`)."""
+    check_scale_key(key)
     base = path[:-1] if path.endswith("/") else path
     if not base:
         return key
@@ -370,3 +447,127 @@ def resolve_scale_key(path: str, key: str) -> str:
         else:
             parts.append(comp)
     return "/".join(parts)
+
+
+def check_scale(meta: MultiscaleMetadata, index: int) -> None:
+    """What this driver refuses in a scale that TensorStore would take, before anything is
+    read, written or allocated for it (InvalidArgumentError naming the member): a key
+    outside the volume, a non-finite resolution, a shard index over
+    :data:`MAX_SHARD_INDEX_BYTES`, a chunk over :data:`MAX_CHUNK_BYTES` decoded, a
+    compressed_segmentation block over :data:`MAX_CSEG_BLOCK_VOXELS`."""
+    scale = meta.scales[index]
+    with concerning("scales", index):
+        check_scale_key(scale.key)
+        if not all(math.isfinite(r) for r in scale.resolution):
+            raise InvalidArgumentError(
+                f'"resolution" of {dump_json(list(scale.resolution))} is not finite',
+                member_path=("resolution",),
+            )
+        if scale.sharding is not None:
+            index_bytes = scale.sharding.shard_index_size
+            if index_bytes > MAX_SHARD_INDEX_BYTES:
+                raise InvalidArgumentError(
+                    f'"minishard_bits" of {scale.sharding.minishard_bits} makes every shard '
+                    f"index {index_bytes} bytes, more than {MAX_SHARD_INDEX_BYTES}",
+                    member_path=("sharding", "minishard_bits"),
+                )
+        itemsize = SUPPORTED_DTYPES_ITEMSIZE.get(meta.data_type, 8)
+        for i, chunk in enumerate(scale.chunk_sizes):
+            extent = [min(c, s) for c, s in zip(chunk, scale.size, strict=True)]
+            nbytes = math.prod(extent) * meta.num_channels * itemsize
+            if nbytes > MAX_CHUNK_BYTES:
+                raise InvalidArgumentError(
+                    f'"chunk_sizes" of {dump_json(list(chunk))} with "size" of '
+                    f"{dump_json(list(scale.size))} and {meta.num_channels} channels of "
+                    f"{meta.data_type} make chunks of {nbytes} bytes, more than "
+                    f"{MAX_CHUNK_BYTES}",
+                    member_path=("chunk_sizes", i),
+                )
+        block = scale.compressed_segmentation_block_size
+        if block is not None and math.prod(block) > MAX_CSEG_BLOCK_VOXELS:
+            raise InvalidArgumentError(
+                f'"compressed_segmentation_block_size" of {dump_json(list(block))} has more '
+                f"than {MAX_CSEG_BLOCK_VOXELS} voxels per block",
+                member_path=("compressed_segmentation_block_size",),
+            )
+
+
+SUPPORTED_DTYPES_ITEMSIZE = {
+    "uint8": 1, "int8": 1, "uint16": 2, "int16": 2, "uint32": 4, "int32": 4,
+    "uint64": 8, "float32": 4,
+}  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------
+# JSON that a stranger wrote
+# ---------------------------------------------------------------------------------------
+
+
+def load_json(data: bytes | str, key: str) -> Any:
+    """Parse stored JSON (an ``info`` file): FailedPreconditionError ``Error reading
+    "<key>": Invalid JSON...`` for anything that is not JSON (NaN, Infinity, numbers
+    too large for a double, lone surrogates), nested deeper than :data:`MAX_JSON_DEPTH`
+    (never a RecursionError), naming where."""
+
+    def reject(name: str) -> None:  # NaN/Infinity are not JSON
+        raise ValueError(f"{name} is not JSON")
+
+    try:
+        obj = json.loads(data, parse_constant=reject)
+    except RecursionError:
+        raise FailedPreconditionError(
+            f'Error reading "{key}": Invalid JSON: nested more than {MAX_JSON_DEPTH} deep'
+        ) from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise FailedPreconditionError(f'Error reading "{key}": Invalid JSON ({e})') from None
+    try:
+        check_json(obj, FailedPreconditionError)
+    except FailedPreconditionError as e:
+        raise FailedPreconditionError(
+            f'Error reading "{key}": Invalid JSON: {e}', member_path=e.member_path
+        ) from None
+    return obj
+
+
+def check_json(obj: Any, error: type[InvalidArgumentError] | type[FailedPreconditionError]) -> None:
+    """Raise ``error`` (naming the member path) if ``obj`` holds anything JSON cannot:
+    non-finite floats, strings that are not Unicode text (lone surrogates), non-string
+    keys, other types, or nesting deeper than :data:`MAX_JSON_DEPTH`. Iterative: no
+    recursion however deep the value."""
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(obj, ())]
+    while stack:
+        value, path = stack.pop()
+        if len(path) > MAX_JSON_DEPTH:
+            raise error(f"nested more than {MAX_JSON_DEPTH} deep at {_path_text(path)}",
+                        member_path=path)  # fmt: skip
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if not isinstance(k, str) or not _is_text(k):
+                    raise error(f"member name {k!r} at {_path_text(path)} is not JSON text",
+                                member_path=path)  # fmt: skip
+                stack.append((v, (*path, k)))
+        elif isinstance(value, (list, tuple)):
+            stack.extend((v, (*path, i)) for i, v in enumerate(value))
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                raise error(f"{value!r} at {_path_text(path)} is not a JSON number",
+                            member_path=path)  # fmt: skip
+        elif isinstance(value, str):
+            if not _is_text(value):
+                raise error(f"the string at {_path_text(path)} is not Unicode text",
+                            member_path=path)  # fmt: skip
+        elif value is not None and not isinstance(value, (bool, int)):
+            raise error(f"{type(value).__name__} at {_path_text(path)} is not JSON",
+                        member_path=path)  # fmt: skip
+
+
+def _is_text(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _path_text(path: tuple[str | int, ...]) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path) or "the top level"

@@ -30,6 +30,8 @@ from .scale import MISSING, ChunkOverlay, OpenedScale
 
 __all__ = ["READ_BATCH", "fetch", "read_box", "read_boxes", "copy_rows"]
 
+#: Cached (with a chunk's slabs) once its size has proved it a raw chunk: slabs are voxels.
+_SIZE_OK = np.ones(1, np.uint8)
 #: Per-thread scratch buffer for chunks read and consumed without being kept.
 _scratch = threading.local()
 #: Chunks fetched per batch on large reads (the next batch is fetched while one decodes):
@@ -473,7 +475,15 @@ def _read_slabs(
 ) -> list[Vec3]:
     """Fill ``out`` from byte ranges of chunks the box covers only partly in z (or in
     channels); returns the box's cells still to read whole (covered, cached, dirty, or
-    whose ranged read did not give raw bytes, e.g. a missing or gzip-compressed chunk)."""
+    whose ranged read did not give raw bytes, e.g. a missing or gzip-compressed chunk).
+
+    Byte ranges are raw voxels only if the object is a raw chunk of exactly its raw
+    size: a compressed chunk (CloudVolume's gzip/zstd under the plain key) or one of the
+    wrong size would give bytes that look like voxels but are not. So each chunk's size
+    is checked once with a 2-byte probe ``[n - 1, n + 1)`` (it answers 1 byte exactly
+    when the object has ``n`` bytes), sent together with the slab requests; the verdict
+    is cached with the slabs. Chunks that fail it are read whole, where the whole-chunk
+    path inflates them or raises a CorruptDataError naming the key."""
     c0, c1 = channels
     cache = scale.context.cache
     use_cache = cache.total_bytes_limit > 0
@@ -489,6 +499,9 @@ def _read_slabs(
     requests: list[tuple[str, int, int]] = []
     # (pos, slab cache key, cached slab or None, slab shape, destination, source)
     jobs: list[tuple[Any, ...]] = []
+    # pos -> index of its size probe in requests (chunks whose size is not yet known)
+    probes: dict[Vec3, int] = {}
+    nc = scale.num_channels
     for iz, zc0, zc1, za, zb in zs:
         nzc = zc1 - zc0
         thin = zb - za < nzc or not every_channel
@@ -511,33 +524,54 @@ def _read_slabs(
                 key = key_of(pos)
                 dst = (dz, dy, slice(xa - bx, xb - bx))
                 src = (sy, slice(xa - xc0, xb - xc0))
+                fetched = False
                 for c in range(c0, c1):
                     ck = (cid, pos, "slab", z0, z1, c)
                     hit = cache.get(ck) if use_cache else None
                     if hit is None:
                         base = c * nzc
                         requests.append((key, (base + z0) * plane, (base + z1) * plane))
+                        fetched = True
                     jobs.append((pos, ck, hit, (z1 - z0, ny, nx), (c - c0, *dst), src))
+                if fetched and not (use_cache and (cid, pos, "size") in cache):
+                    n = nc * nzc * plane
+                    probes[pos] = len(requests)
+                    requests.append((key, n - 1, n + 1))
     if not jobs:
         return whole
-    blobs = iter(scale.store.kvstore.read_ranges(requests) if requests else [])
-    # Slabs are cached per chunk, z-range and channel, so napari re-reading the same
-    # plane costs nothing; writes drop them with the chunk (invalidate_positions).
+    got = scale.store.kvstore.read_ranges(requests) if requests else []
     missing: set[Vec3] = set()
     failed: set[Vec3] = set()
+    for pos, i in probes.items():
+        probe = got[i]
+        if probe is None:
+            missing.add(pos)
+        elif len(probe) != 1:
+            failed.add(pos)  # compressed or of the wrong size: the whole-chunk path decides
+        elif use_cache:
+            cache.partial_owners.add(cid)
+            cache.put((cid, pos, "size"), _SIZE_OK, epoch)
+    probed = set(probes.values())
+    blobs = iter([b for i, b in enumerate(got) if i not in probed])
+    # Slabs are cached per chunk, z-range and channel, so napari re-reading the same
+    # plane costs nothing; writes drop them with the chunk (invalidate_positions).
     for pos, ck, slab, shape, dst, src in jobs:
         if slab is None:
             blob = next(blobs)
+            if pos in missing or pos in failed:
+                continue
             if blob is None:
                 missing.add(pos)
                 continue
             if len(blob) != shape[0] * shape[1] * shape[2] * isz:
-                failed.add(pos)  # gzip or short: the whole-chunk path decides
+                failed.add(pos)  # short: the whole-chunk path decides
                 continue
             slab = np.frombuffer(blob, le).reshape(shape)
             if use_cache:
                 cache.partial_owners.add(cid)
                 cache.put(ck, slab, epoch)
+        elif pos in failed:
+            continue
         copy_rows(out[dst], slab[(slice(None), *src)])
     # Chunks read whole below overwrite anything their slabs placed.
     whole.extend(failed - missing)

@@ -84,8 +84,10 @@ class OpenedScale:
         #: What the decoded-chunk cache (shared by every scale of the context) keys on.
         self.cache_id = (kvstore.url, store.prefix, self.chunk_size)
         #: The stored scale this handle addresses; other handles of it in the context
-        #: share the cached chunks but hold their own shard indices.
-        self.storage_id = (kvstore.url, store.prefix)
+        #: share the cached chunks but hold their own shard indices. The layout is part of
+        #: it: a handle opened on an older ``info`` (unsharded, other chunks) addresses
+        #: other keys under the same prefix.
+        self.storage_id = (kvstore.url, store.prefix, self.chunk_size, self.scale.sharding)
         self.transaction: ChunkOverlay | None = None  # the active with-block transaction
         self.lock = threading.RLock()
         context.track(self)

@@ -22,7 +22,7 @@ from typing import Any
 import mmh3
 import numpy as np
 
-from .codecs.gzip import GZIP_ERROR, gzip_compress, gzip_inflate
+from .codecs.gzip import DEFAULT_LIMIT, GZIP_ERROR, gzip_compress, gzip_inflate
 from .errors import CorruptDataError, InvalidArgumentError
 from .internal import jsonparse
 
@@ -48,6 +48,7 @@ __all__ = [
     "split_shard",
     "encode_chunk_data",
     "decode_chunk_data",
+    "MAX_MINISHARD_ENTRIES",
     "is_rectangular",
     "minishard_shape_in_chunks",
     "shard_shape_in_chunks",
@@ -71,6 +72,10 @@ _MEMBERS = (
 )
 _U64 = (1 << 64) - 1
 _I64_MAX = (1 << 63) - 1
+#: The most entries a minishard index may hold when the caller knows no tighter bound
+#: (a chunk store knows one: the chunks that can map to a minishard). 4 Mi entries are
+#: 96 MiB decoded, far more than any real minishard (Neuroglancer fetches it whole).
+MAX_MINISHARD_ENTRIES = 1 << 22
 
 # ---------------------------------------------------------------------------------------
 # Sharding spec
@@ -392,18 +397,23 @@ def encode_minishard_index(ids: np.ndarray, starts: np.ndarray, ends: np.ndarray
 
 
 def decode_minishard_index(
-    data: bytes, spec: ShardingSpec, key: str, minishard: int
+    data: bytes | memoryview,
+    spec: ShardingSpec,
+    key: str,
+    minishard: int,
+    max_entries: int = MAX_MINISHARD_ENTRIES,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Decode an encoded minishard index.
 
     Returns ``(ids uint64, starts int64, ends int64)`` sorted by id, with byte offsets
-    absolute in the shard file (the shard index size added).
+    absolute in the shard file (the shard index size added). A gzip index is inflated to
+    at most ``max_entries`` entries (24 bytes each): a bomb is a CorruptDataError.
     """
     where = f'Error decoding minishard index for minishard {minishard} in "{key}"'
     if spec.minishard_index_encoding == "gzip":
-        data, why = gzip_inflate(bytes(data))
+        data, why = gzip_inflate(data, 24 * max_entries)
         if why is not None:
-            raise CorruptDataError(f"{where}: {GZIP_ERROR}")
+            raise CorruptDataError(f"{where}: {GZIP_ERROR}: {why}")
     if len(data) % 24:
         raise CorruptDataError(f"{where}: Invalid minishard index length: {len(data)}")
     n = len(data) // 24
@@ -447,13 +457,16 @@ def encode_chunk_data(data: bytes, spec: ShardingSpec) -> bytes:
     return gzip_compress(data) if spec.data_encoding == "gzip" else bytes(data)
 
 
-def decode_chunk_data(data: bytes | memoryview, spec: ShardingSpec, what: str) -> bytes:
-    """Undo the shard ``data_encoding``; ``what`` (e.g. chunk id and key) names it in errors."""
+def decode_chunk_data(
+    data: bytes | memoryview, spec: ShardingSpec, what: str, limit: int = DEFAULT_LIMIT
+) -> bytes:
+    """Undo the shard ``data_encoding`` (inflating to at most ``limit`` bytes); ``what``
+    (e.g. chunk id and key) names it in errors."""
     if spec.data_encoding != "gzip":
         return bytes(data)
-    out, why = gzip_inflate(bytes(data))
+    out, why = gzip_inflate(data, limit)
     if why is not None:
-        raise CorruptDataError(f"Error decoding {what}: {GZIP_ERROR}")
+        raise CorruptDataError(f"Error decoding {what}: {GZIP_ERROR}: {why}")
     return out
 
 
@@ -532,7 +545,12 @@ def encode_shard(
 
 
 def shard_entries(
-    data: bytes | memoryview, spec: ShardingSpec, key: str, *, allow_duplicates: bool = False
+    data: bytes | memoryview,
+    spec: ShardingSpec,
+    key: str,
+    *,
+    allow_duplicates: bool = False,
+    max_entries: int = MAX_MINISHARD_ENTRIES,
 ) -> dict[int, tuple[int, int]]:
     """``{chunk id: absolute (start, stop)}`` of every chunk of a stored shard (minishard,
     then id order), without touching the chunk bytes.
@@ -541,6 +559,7 @@ def shard_entries(
     ``allow_duplicates`` accepts a chunk id listed twice in a minishard index and keeps its
     first entry, as a read of that chunk would. The bytes in front of an entry (up to the
     previous one) are where unindexed prefixes live (see :func:`encode_shard`).
+    ``max_entries`` bounds the inflation of each minishard index.
     """
     where = f'Error reading shard "{key}"'
     if not len(data):
@@ -567,7 +586,7 @@ def shard_entries(
         if start == end:
             continue
         ids, starts, ends = decode_minishard_index(
-            bytes(data[start + index_size : end + index_size]), spec, key, m
+            bytes(data[start + index_size : end + index_size]), spec, key, m, max_entries
         )
         # Entries are checked in id order: a repeated id, then the entry's byte range.
         dup = np.flatnonzero(ids[1:] == ids[:-1]) + 1
@@ -599,6 +618,8 @@ def split_shard(
     *,
     decode: bool = True,
     allow_duplicates: bool = False,
+    limit: int = DEFAULT_LIMIT,
+    max_entries: int = MAX_MINISHARD_ENTRIES,
 ) -> dict[int, bytes | memoryview]:
     """Split a stored shard into ``{chunk id: chunk bytes}`` (minishard, id order).
 
@@ -606,21 +627,25 @@ def split_shard(
     its own ``bytes``; otherwise the stored bytes are returned as zero-copy memoryviews
     into ``data`` (for re-encoding with ``data_encoded=True``, so a shard rewrite holds the
     old and the new shard, not a third copy). An empty shard is ``{}``. Validated as by
-    :func:`shard_entries`.
+    :func:`shard_entries`; ``limit`` and ``max_entries`` bound the inflation of chunk data
+    and minishard indices.
     """
     data = bytes(data)
     view = memoryview(data)
-    entries = shard_entries(data, spec, key, allow_duplicates=allow_duplicates)
+    entries = shard_entries(
+        data, spec, key, allow_duplicates=allow_duplicates, max_entries=max_entries
+    )
     if not decode:
         return {i: view[a:b] for i, (a, b) in entries.items()}
     result: dict[int, bytes | memoryview] = {}
     for chunk_id, (a, b) in entries.items():
         try:
-            result[chunk_id] = decode_chunk_data(view[a:b], spec, "")
+            result[chunk_id] = decode_chunk_data(view[a:b], spec, "", limit)
         except CorruptDataError:
             m = placement_of_id(chunk_id, spec)[1]  # hashed only to name the chunk
             what = f'chunk {chunk_id} in minishard {m} of "{key}"'
-            raise CorruptDataError(f"Error decoding {what}: {GZIP_ERROR}") from None
+            decode_chunk_data(view[a:b], spec, what, limit)  # raises again, naming it
+            raise  # pragma: no cover
     return result
 
 

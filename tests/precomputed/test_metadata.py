@@ -29,6 +29,7 @@ from precomputed.constraints import (
 )
 from precomputed.errors import (
     FailedPreconditionError,
+    InvalidArgumentError,
 )
 from precomputed.metadata import (
     SUPPORTED_DTYPES,
@@ -414,17 +415,30 @@ def test_scale_key_from_resolution(resolution: list[float], key: str) -> None:
     [
         ("a/b/c", "d", "a/b/c/d"),
         ("a/b/c/", "d", "a/b/c/d"),
-        ("a/b/c", "../d", "a/b/d"),
-        ("a/b/c", "../../d", "a/d"),
-        ("a/b/c", "../../../d", "d"),
-        ("a/b/c", "../../../../d", "../d"),
-        ("", "../x", "../x"),
+        ("a/b/c", "d/../e", "a/b/c/e"),  # inside the volume: as TensorStore resolves it
         ("/", "k", "k"),
         ("a/", "./k", "a/./k"),
     ],
 )
 def test_resolve_scale_key(path: str, key: str, resolved: str) -> None:
     assert resolve_scale_key(path, key) == resolved
+
+
+@pytest.mark.parametrize(
+    ("path", "key", "tensorstore"),
+    [  # TensorStore 0.1.86's resolution (§3.1) of keys that leave the volume directory
+        ("a/b/c", "../d", "a/b/d"),
+        ("a/b/c", "../../d", "a/d"),
+        ("a/b/c", "../../../d", "d"),
+        ("a/b/c", "../../../../d", "../d"),
+        ("", "../x", "../x"),
+    ],
+)
+def test_keys_leaving_the_volume_are_refused_unlike_tensorstore(
+    path: str, key: str, tensorstore: str
+) -> None:
+    with pytest.raises(InvalidArgumentError, match="leaves the volume directory"):
+        resolve_scale_key(path, key)
 
 
 def test_scale_metadata_defaults_and_to_json() -> None:

@@ -94,9 +94,11 @@ def test_each_chunk_is_fetched_once_in_one_batch(memory_store: MemoryKvStore) ->
     # (repeated and overlapping views share their chunks).
     wanted = {key for v in views for key in _chunk_keys(v)}
     assert len(wanted) > 10
-    assert sorted(k for k in reads if not k.endswith(".gz")) == sorted(wanted)
-    # A missing chunk is also looked for gzip-compressed, as TensorStore does.
-    assert [k for k in reads if k.endswith(".gz")] == [_chunk_keys(views[0])[0] + ".gz"]
+    twins = (".gz", ".br", ".zstd")
+    assert sorted(k for k in reads if not k.endswith(twins)) == sorted(wanted)
+    # A missing chunk is also looked for compressed, under CloudVolume's names.
+    missing = _chunk_keys(views[0])[0]
+    assert [k for k in reads if k.endswith(twins)] == [missing + s for s in twins]
 
 
 def _chunk_keys(view: Any) -> list[str]:

@@ -122,16 +122,25 @@ def test_http_plane_read_requests_only_the_plane_chunks(served: Any) -> None:
     plane = vol[:, :, 3, :].read()
     np.testing.assert_array_equal(plane, want["vol/0"][:, :, 5, :])
     xs, ys = ("-5-11", "11-27", "27-32"), ("3-19", "19-32")
-    # one ranged GET per chunk and channel (2 channels), each just the plane's bytes
+    # one ranged GET per chunk and channel (2 channels), each just the plane's bytes, and
+    # one 2-byte probe per chunk of its size (raw voxels only if it is exactly raw-sized)
     want_keys = [f"/vol/4_4_40/{x}_{y}_-2-6" for x in xs for y in ys]
-    assert sorted(gets(server)) == sorted(want_keys * 2)
+    assert sorted(gets(server)) == sorted(want_keys * 3)
+    probes = [r for m, _, r in server.requests if m == "GET" and r and _two_bytes(r)]
+    assert len(probes) == 6
     server.clear_log()
     vol[:, :, 3, :].read()  # cached
     assert gets(server) == []
-    # missing chunks (404) read as zeros, one request per chunk and channel, no ".gz" probing
+    # missing chunks (404) read as zeros, one request per chunk and channel (and the
+    # probe), no ".gz" probing
     assert not vol[:, :, 7, :].read().any()
-    assert len(gets(server)) == 6 * 2
+    assert len(gets(server)) == 6 * 3
     assert not any(p.endswith(".gz") for p in gets(server))
+
+
+def _two_bytes(range_header: str) -> bool:
+    a, b = range_header.removeprefix("bytes=").split("-")
+    return int(b) - int(a) == 1
 
 
 @pytest.mark.parametrize(

@@ -114,6 +114,7 @@ class ChunkStore(ABC):
         return None
 
     def gz_twins(self, positions: Sequence[Vec3]) -> list[Vec3]:
-        """Those of ``positions`` (missing under their key) stored under CloudVolume's
-        ``<key>.gz`` instead, where the store looks for such twins; none by default."""
+        """Those of ``positions`` (missing under their key) stored under one of CloudVolume's
+        compressed names instead (``<key>.gz``, ``.br``, ``.zstd``), where the store looks
+        for such twins; none by default."""
         return []

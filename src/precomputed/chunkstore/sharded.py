@@ -23,6 +23,7 @@ values and keeps those of the entries it does not replace when told their size
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 import time
@@ -34,6 +35,7 @@ import numpy as np
 from cachetools import LRUCache
 
 from .. import sharding as sh
+from ..codecs.gzip import DEFAULT_LIMIT
 from ..errors import ConditionFailedError, CorruptDataError, InvalidArgumentError
 from ..internal.geometry import ChunkGrid, Vec3
 from ..kvstore import NO_VALUE, KvStore
@@ -125,10 +127,22 @@ class ShardedIdStore:
     #: by :mod:`precomputed.writepath` instead, one :meth:`commit_shard` per group).
     COMMIT_CONCURRENCY = 8
 
-    def __init__(self, kvstore: KvStore, prefix: str, spec: sh.ShardingSpec) -> None:
+    def __init__(
+        self,
+        kvstore: KvStore,
+        prefix: str,
+        spec: sh.ShardingSpec,
+        *,
+        max_value_bytes: int = DEFAULT_LIMIT,
+        max_minishard_entries: int = sh.MAX_MINISHARD_ENTRIES,
+    ) -> None:
         self.kvstore = kvstore
         self.prefix = prefix
         self.spec = spec
+        #: Bounds of every inflation (gzip chunk data, gzip minishard indices): what the
+        #: format allows the values and minishards of this store to hold.
+        self.max_value_bytes = max_value_bytes
+        self.max_minishard_entries = max_minishard_entries
         self.index_size = spec.shard_index_size
         self._lock = threading.Lock()
         # (shard, minishard) -> set when the thread loading its minishard index is done
@@ -221,14 +235,14 @@ class ShardedIdStore:
         if self.spec.data_encoding == "raw":
             return bytes(blob)
         try:
-            return sh.decode_chunk_data(blob, self.spec, "")
+            return sh.decode_chunk_data(blob, self.spec, "", self.max_value_bytes)
         except CorruptDataError:
             p = self.place([chunk_id()])
             what = (
                 f'chunk {int(p.ids[0])} in minishard {int(p.minishards[0])} of '
                 f'"{self.shard_key(int(p.shards[0]))}"'
             )
-            sh.decode_chunk_data(blob, self.spec, what)  # raises again, naming the chunk
+            sh.decode_chunk_data(blob, self.spec, what, self.max_value_bytes)  # names the chunk
             raise  # pragma: no cover
 
     def check_read(self, id_: int, loc: Location, blob: bytes | None) -> None:
@@ -244,7 +258,9 @@ class ShardedIdStore:
 
     def decode_value(self, id_: int, loc: Location, blob: bytes | memoryview) -> bytes:
         """Remove the shard ``data_encoding`` from the value of ``id_`` read at ``loc``."""
-        return sh.decode_chunk_data(blob, self.spec, f'id {id_} in "{loc.key}"')
+        return sh.decode_chunk_data(
+            blob, self.spec, f'id {id_} in "{loc.key}"', self.max_value_bytes
+        )
 
     def _locate(self, idx: Iterable[int], p: Placement) -> list[Location | None]:
         """Locations of the placed ids at positions ``idx`` of ``p``."""
@@ -287,7 +303,13 @@ class ShardedIdStore:
                     {}
                     if blob is None
                     else sh.split_shard(
-                        blob, self.spec, key, allow_duplicates=True, decode=not deferred
+                        blob,
+                        self.spec,
+                        key,
+                        allow_duplicates=True,
+                        decode=not deferred,
+                        limit=self.max_value_bytes,
+                        max_entries=self.max_minishard_entries,
                     )
                 )
             except CorruptDataError as e:
@@ -320,7 +342,11 @@ class ShardedIdStore:
                     f"Error reading {what}: Requested byte range [{a}, {b}) is not valid for "
                     f"value of size {_size_seen(a, blob)}"
                 )
-            out[i] = blob if deferred else sh.decode_chunk_data(blob, self.spec, what)
+            out[i] = (
+                blob
+                if deferred
+                else sh.decode_chunk_data(blob, self.spec, what, self.max_value_bytes)
+            )
 
     def _minishard_tables(
         self, wanted: Mapping[tuple[int, int], int]
@@ -463,7 +489,9 @@ class ShardedIdStore:
                         f"value of size {_size_seen(a, blob)}"
                     )
                 try:
-                    mids, starts, ends = sh.decode_minishard_index(blob, self.spec, key, m)
+                    mids, starts, ends = sh.decode_minishard_index(
+                        blob, self.spec, key, m, self.max_minishard_entries
+                    )
                 except CorruptDataError as e:
                     raise CorruptDataError(f"Error reading chunk {cid}: {e}") from None
                 table: dict[int, tuple[int, int]] = {}
@@ -612,7 +640,9 @@ class ShardedIdStore:
         write path does); with ``prefix_size``, the unindexed prefixes of the entries not
         ``replaced`` are added to ``prefixes`` (views too)."""
         view = memoryview(blob)
-        entries = sh.shard_entries(blob, self.spec, key)
+        entries = sh.shard_entries(
+            blob, self.spec, key, max_entries=self.max_minishard_entries
+        )
         if prefix_size is not None:
             for cid, (a, b) in entries.items():
                 if cid in replaced:
@@ -633,13 +663,28 @@ class ShardedChunkStore(ChunkStore):
     :class:`ShardedIdStore` (``ids``); write groups are shard numbers."""
 
     def __init__(
-        self, kvstore: KvStore, prefix: str, grid: ChunkGrid, spec: sh.ShardingSpec
+        self,
+        kvstore: KvStore,
+        prefix: str,
+        grid: ChunkGrid,
+        spec: sh.ShardingSpec,
+        max_chunk_bytes: int = DEFAULT_LIMIT,
     ) -> None:
         super().__init__(kvstore, prefix, grid)
         self.spec = spec
-        self.ids = ShardedIdStore(kvstore, prefix, spec)
         self.bits = sh.morton_bits(grid.size, grid.chunk)
         self.rectangular_groups = sh.is_rectangular(spec, self.bits)
+        # A minishard holds at most the chunks that can map to it: its box of the grid
+        # for rectangular shards, else (hashed) the whole grid.
+        cell = sh.minishard_shape_in_chunks(spec, self.bits, grid.shape)
+        most = math.prod(cell) if cell is not None else grid.num_chunks
+        self.ids = ShardedIdStore(
+            kvstore,
+            prefix,
+            spec,
+            max_value_bytes=max_chunk_bytes,
+            max_minishard_entries=max(1, min(most, sh.MAX_MINISHARD_ENTRIES)),
+        )
 
     # -- placement ----------------------------------------------------------------------
     def chunk_ids(self, positions: Sequence[Vec3] | np.ndarray) -> np.ndarray:

@@ -1,36 +1,53 @@
-"""One key per chunk: ``<prefix>/<x0>-<x1>_<y0>-<y1>_<z0>-<z1>`` (and CloudVolume's gzip)."""
+"""One key per chunk: ``<prefix>/<x0>-<x1>_<y0>-<y1>_<z0>-<z1>`` (and CloudVolume's
+compressed forms of it)."""
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 
-from ..codecs.gzip import gzip_decompress
+from ..codecs.compression import SUFFIXES, inflate, inflate_limited, sniff
+from ..codecs.gzip import DEFAULT_LIMIT, too_large
 from ..errors import CorruptDataError
 from ..internal.geometry import ChunkGrid, Vec3
 from ..kvstore import KvStore
 from .base import ChunkStore, CommitStats, join_key
 
-__all__ = ["UnshardedChunkStore"]
+__all__ = ["UnshardedChunkStore", "SizeBounds"]
 
-_GZIP_MAGIC = b"\x1f\x8b"
 #: Chunk keys remembered per store, a few MiB at most.
 _KEY_MEMO = 1 << 16
+#: ``sizes(pos) -> (exact, most)``: a stored chunk's exact size when its encoding fixes it
+#: (raw), and the most bytes it can take (see :func:`precomputed.codecs.stored_size_bounds`).
+SizeBounds = Callable[[Vec3], "tuple[int | None, int]"]
+
+
+def _no_bounds(pos: Vec3) -> tuple[int | None, int]:
+    return None, DEFAULT_LIMIT
 
 
 class UnshardedChunkStore(ChunkStore):
     """One key per chunk: ``<prefix>/<x0>-<x1>_<y0>-<y1>_<z0>-<z1>``.
 
-    Chunks written by CloudVolume with gzip are read too: gzip bytes under the plain key,
-    or (on local and memory stores, where a miss is cheap) a ``.gz`` sibling key.
+    Chunks CloudVolume wrote compressed are read too, as CloudFiles stores them: on
+    local and memory stores (where a miss is cheap) as ``<key>.gz``, ``<key>.br`` or
+    ``<key>.zstd`` files next to the missing plain key; anywhere as gzip or zstd bytes
+    under the plain key (recognised by their magic bytes), and for raw chunks brotli bytes
+    under the plain key (tried when the length is not the raw length). A raw chunk of
+    exactly its raw length is raw, whatever its first bytes (as TensorStore reads it).
+    Every inflation is bounded by ``sizes`` (the most the chunk's encoding can take): a
+    bomb is a :class:`CorruptDataError` naming the key, with bounded memory.
     """
 
     ranged_chunk_reads = True
 
-    def __init__(self, kvstore: KvStore, prefix: str, grid: ChunkGrid) -> None:
+    def __init__(
+        self, kvstore: KvStore, prefix: str, grid: ChunkGrid, sizes: SizeBounds | None = None
+    ) -> None:
         super().__init__(kvstore, prefix, grid)
-        # A .gz twin is looked for only where a miss costs nothing (local files, memory).
-        self._try_gz_suffix = kvstore.cheap_misses
+        # Sibling files are looked for only where a miss costs nothing (local files, memory).
+        self._try_suffixes = kvstore.cheap_misses
         self._keys: dict[Vec3, str] = {}
+        self.sizes: SizeBounds = sizes or _no_bounds
 
     def key(self, pos: Vec3) -> str:
         # Remembered: plane reads ask for the same few hundred keys again and again.
@@ -49,24 +66,43 @@ class UnshardedChunkStore(ChunkStore):
     ) -> list[bytes | None]:
         keys = [self.key(p) for p in positions]
         out = self.kvstore.read_many(keys)
-        if self._try_gz_suffix:
+        if self._try_suffixes:
             missing = [i for i, v in enumerate(out) if v is None]
-            if missing:
-                found = self.kvstore.read_many([keys[i] + ".gz" for i in missing])
+            for suffix, method in SUFFIXES.items():
+                if not missing:
+                    break
+                found = self.kvstore.read_many([keys[i] + suffix for i in missing])
+                still = []
                 for i, v in zip(missing, found, strict=True):
-                    out[i] = v
-        return [
-            None if v is None else self._maybe_gunzip(v, k) for v, k in zip(out, keys, strict=True)
-        ]
+                    if v is None:
+                        still.append(i)
+                        continue
+                    _, most = self.sizes(positions[i])
+                    out[i] = inflate(v, method, most, f'"{keys[i] + suffix}"')
+                missing = still
+        if deferred:
+            return out
+        return [None if v is None else self.finish(p, v) for p, v in zip(positions, out, strict=True)]
 
-    @staticmethod
-    def _maybe_gunzip(data: bytes, key: str) -> bytes:
-        if data[:2] == _GZIP_MAGIC:
-            try:
-                return gzip_decompress(data, key)
-            except CorruptDataError:
-                return data  # a raw chunk that happens to start with 1f 8b
-        return data
+    def finish(self, pos: Vec3, blob: bytes) -> bytes:
+        """Inflate a chunk CloudVolume stored compressed under the plain key (bounded);
+        other bytes are returned as they are, for the encoding's decoder to judge."""
+        exact, most = self.sizes(pos)
+        if exact is not None and len(blob) == exact:
+            return blob
+        method = sniff(blob)
+        if method is None:
+            if exact is None:
+                return blob
+            method = "br"  # raw of the wrong length: brotli has no magic bytes to sniff
+        out, why = inflate_limited(blob, method, most)
+        if out is not None:
+            return out
+        if why == too_large(most):
+            raise CorruptDataError(
+                f'Error reading "{self.key(pos)}": {method} data {why}'
+            )
+        return blob  # not such a stream after all: the decoder reports what is wrong
 
     def group_of(self, pos: Vec3) -> Hashable:
         return tuple(pos)
@@ -78,10 +114,17 @@ class UnshardedChunkStore(ChunkStore):
         return self.key(group)  # type: ignore[arg-type]
 
     def gz_twins(self, positions: Sequence[Vec3]) -> list[Vec3]:
-        if not self._try_gz_suffix or not positions:
+        if not self._try_suffixes or not positions:
             return []
-        found = self.kvstore.read_many([self.key(p) + ".gz" for p in positions])
-        return [p for p, b in zip(positions, found, strict=True) if b is not None]
+        todo = list(positions)
+        found: list[Vec3] = []
+        for suffix in SUFFIXES:
+            if not todo:
+                break
+            blobs = self.kvstore.read_many([self.key(p) + suffix for p in todo])
+            found += [p for p, b in zip(todo, blobs, strict=True) if b is not None]
+            todo = [p for p, b in zip(todo, blobs, strict=True) if b is None]
+        return found
 
     def commit_group(self, group: Hashable, updates: Mapping[Vec3, bytes | None]) -> CommitStats:
         stats = CommitStats()
@@ -89,8 +132,8 @@ class UnshardedChunkStore(ChunkStore):
             key = self.key(pos)
             if data is None:
                 self.kvstore.delete(key)
-                if self._try_gz_suffix:
-                    self.kvstore.delete(key + ".gz")
+                if self._try_suffixes:
+                    self.kvstore.delete_many([key + suffix for suffix in SUFFIXES])
                 stats.chunks_deleted += 1
                 stats.groups_deleted += 1
             else:

@@ -34,6 +34,7 @@ __all__ = [
     "encode_chunk",
     "decode_chunk",
     "decode_chunk_into",
+    "stored_size_bounds",
     "gzip_compress",
     "gzip_decompress",
 ]
@@ -157,6 +158,36 @@ def decode_chunk_into(
         _cseg_decode_into(data, out, enc.block_size)
     except CorruptDataError as e:
         raise _naming(e, key) from None
+
+
+def stored_size_bounds(
+    shape: tuple[int, int, int, int], dtype: np.dtype | str, enc: ChunkEncoding
+) -> tuple[int | None, int]:
+    """``(exact, most)``: the exact size of a stored chunk of ``shape`` (c, z, y, x) when
+    the encoding fixes it (raw), else None; and the most bytes its encoding can take,
+    the bound for inflating a compressed chunk file (CloudVolume's gzip/brotli/zstd, the
+    shard ``data_encoding``). O(1), from the geometry only.
+
+    compressed_segmentation: per channel, each block has a 2-word header, an encoded-value
+    area sized by the *full* block at the bits its distinct values need (at most the
+    block's voxels inside the chunk, so at most 32 bits) and a lookup table of at most
+    that many values. jpeg/png: the pixels four times over plus 1 MiB of headers, far
+    above any real image file (the decoders check the pixel count themselves).
+    """
+    c, z, y, x = (int(v) for v in shape)
+    itemsize = np.dtype(dtype).itemsize
+    voxels = c * z * y * x
+    if enc.encoding == "raw":
+        return voxels * itemsize, voxels * itemsize
+    if enc.encoding == "compressed_segmentation":
+        assert enc.block_size is not None
+        bx, by, bz = enc.block_size
+        blocks = -(-x // bx) * -(-y // by) * -(-z // bz)
+        inside = min(bx, x) * min(by, y) * min(bz, z)  # voxels of the largest clipped block
+        bits = next((b for b in (0, 1, 2, 4, 8, 16) if (1 << b) >= inside), 32)
+        per_block = 2 + -(-bits * bx * by * bz // 32) + inside * (itemsize // 4)
+        return None, 4 * (c + c * blocks * per_block)
+    return None, 4 * voxels * itemsize + (1 << 20)
 
 
 def _naming(e: CorruptDataError, key: str) -> CorruptDataError:

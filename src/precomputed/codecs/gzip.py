@@ -18,7 +18,15 @@ try:
 except ImportError:  # pragma: no cover - zlib-ng ships wheels for every common platform
     import zlib  # type: ignore[no-redef]
 
-__all__ = ["GZIP_ERROR", "gzip_compress", "gzip_inflate", "gzip_decompress", "zlib"]
+__all__ = [
+    "DEFAULT_LIMIT",
+    "GZIP_ERROR",
+    "gzip_compress",
+    "gzip_inflate",
+    "gzip_decompress",
+    "too_large",
+    "zlib",
+]
 
 #: TensorStore's words for undecodable gzip data (the sharded format's messages use them bare).
 GZIP_ERROR = "Error decoding zlib-compressed data"
@@ -34,15 +42,26 @@ def gzip_compress(data: bytes | bytearray | memoryview) -> bytes:
     return bytes(out)
 
 
-def gzip_inflate(data: bytes | bytearray | memoryview) -> tuple[bytes, str | None]:
-    """Inflate exactly one gzip member: ``(bytes, None)``, or ``(b"", why)`` when ``data``
-    is not one complete member (zlib/raw streams, truncation, trailing bytes)."""
+#: The most any decompression inflates to when the caller knows no tighter bound (2 GiB).
+DEFAULT_LIMIT = 1 << 31
+
+
+def gzip_inflate(
+    data: bytes | bytearray | memoryview, limit: int = DEFAULT_LIMIT
+) -> tuple[bytes, str | None]:
+    """Inflate exactly one gzip member to at most ``limit`` bytes: ``(bytes, None)``, or
+    ``(b"", why)`` when ``data`` is not one complete member (zlib/raw streams, truncation,
+    trailing bytes) or inflates past ``limit``. Memory stays within ``limit``: the stream
+    is inflated with zlib's ``max_length``, never expanded fully first."""
     d = zlib.decompressobj(31)
     try:
-        out = d.decompress(data)
-        out += d.flush()
+        out = d.decompress(data, limit + 1)
+        if len(out) <= limit and not d.eof and not d.unconsumed_tail:
+            out += d.flush(limit + 1 - len(out))
     except zlib.error as e:  # type: ignore[misc]  # zlib-ng's stub: `error: Exception`
         return b"", str(e)
+    if len(out) > limit or (not d.eof and d.unconsumed_tail):
+        return b"", too_large(limit)
     if not d.eof:
         return b"", "truncated gzip stream"
     if d.unused_data:
@@ -50,11 +69,19 @@ def gzip_inflate(data: bytes | bytearray | memoryview) -> tuple[bytes, str | Non
     return out, None
 
 
-def gzip_decompress(data: bytes | bytearray | memoryview, what: str = "") -> bytes:
-    """Inflate one gzip member; like TensorStore, reject zlib/raw streams and trailing bytes
-    (:class:`CorruptDataError`). ``what`` names the thing being decoded (a key) in the
-    message: ``Error decoding zlib-compressed data in <what>: <why>``."""
-    out, why = gzip_inflate(data)
+def too_large(limit: int) -> str:
+    """Why a bounded decompression stopped (the words every codec uses)."""
+    return f"inflates to more than {limit} bytes, the most this object can hold"
+
+
+def gzip_decompress(
+    data: bytes | bytearray | memoryview, what: str = "", limit: int = DEFAULT_LIMIT
+) -> bytes:
+    """Inflate one gzip member (to at most ``limit`` bytes); like TensorStore, reject
+    zlib/raw streams and trailing bytes (:class:`CorruptDataError`). ``what`` names the
+    thing being decoded (a key) in the message: ``Error decoding zlib-compressed data in
+    <what>: <why>``."""
+    out, why = gzip_inflate(data, limit)
     if why is not None:
         where = f" in {what}" if what else ""
         raise CorruptDataError(f"{GZIP_ERROR}{where}: {why}")

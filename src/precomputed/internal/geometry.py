@@ -7,6 +7,7 @@ dimension is clipped to the volume (chunks on disk have the clipped shape, never
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -71,7 +72,7 @@ class ChunkGrid:
 
     @property
     def num_chunks(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        return math.prod(self.shape)  # Python ints: no int64 overflow for huge grids
 
     @property
     def bounds(self) -> Box:

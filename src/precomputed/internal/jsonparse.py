@@ -45,12 +45,25 @@ class _Missing:
 MISSING: Any = _Missing()
 
 
+#: Longest value quoted in a message; longer ones are cut (with "...").
+_MAX_QUOTED = 1000
+
+
 def dump_json(value: Any) -> str:
-    """Compact JSON as TensorStore prints values in messages and files."""
+    """Compact JSON as TensorStore prints values in messages and files (cut after
+    :data:`_MAX_QUOTED` characters: a message never quotes a megabyte of hostile input)."""
     try:
-        return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
-    except (TypeError, ValueError):
-        return repr(value)
+        text = json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError):
+        text = _short_repr(value)
+    return text if len(text) <= _MAX_QUOTED else text[:_MAX_QUOTED] + "..."
+
+
+def _short_repr(value: Any) -> str:
+    try:
+        return repr(value)[: _MAX_QUOTED + 1]
+    except RecursionError:
+        return f"<{type(value).__name__} nested too deep to print>"
 
 
 def fail(expected: str, value: Any) -> InvalidArgumentError:
