@@ -19,7 +19,11 @@ Tests use the ``ng`` fixture (a :class:`NeuroglancerClient` prepared for one tes
 * ``ng.layer_error(layer)`` -- the data source's load error, if any;
   ``ng.console_errors()`` -- the browser console's messages.
 * ``ng.show_meshes(...)`` -- the hook for meshes: 3-D view, selected segments, the mesh
-  requests the client made and the pixels the meshes cover.
+  requests the client made and the pixels the meshes cover; ``ng.mesh_fragments()`` --
+  the multi-resolution fragments the client decoded; ``ng.segment_properties(layer)``
+  -- the segment properties as the client parsed them.
+* ``ng.client_errors()`` -- the console's errors and warnings, without the viewer's own
+  harmless ones.
 
 On a test failure, a page screenshot, the last client screenshot, the viewer state, the
 console log and the request log are saved under the session's temporary directory; the
@@ -59,6 +63,8 @@ if TYPE_CHECKING:
 __all__ = [
     "ChunksFailed",
     "ClientError",
+    "MESH_RENDER_SCALE_RANGE",
+    "MeshFragment",
     "MeshRender",
     "NeuroglancerClient",
     "Request",
@@ -70,6 +76,9 @@ START_TIMEOUT = 30.0  # browser start + client loaded (about 2 s on an idle mach
 SCREENSHOT_TIMEOUT = 10.0
 QUIT_TIMEOUT = 10.0  # for driver.quit(), then as long again for the processes to exit
 WINDOW_SIZE = (800, 600)
+# The client's bounds for a segmentation layer's meshRenderScale (trackableRenderScaleTarget
+# in src/render_scale_statistics.ts, 2.41): outside them it falls back to its default, 1.
+MESH_RENDER_SCALE_RANGE = (2.0**-4, 2.0**16 - 1)
 
 # Chromium flags: software WebGL (SwiftShader), no background services, and no name
 # resolution except 127.0.0.1, so nothing leaves the machine.
@@ -150,6 +159,9 @@ class MeshRender:
     foreground: np.ndarray  # (height, width) bool: pixels differing from the background
     manifest_requests: list[str] = field(default_factory=list)  # "{id}:{lod}" and the like
     fragment_requests: list[str] = field(default_factory=list)
+    # Every GET under the mesh directory but its info, in order, with the Range header:
+    # sharded meshes are only byte ranges of ``.shard`` files.
+    requests: list[Request] = field(default_factory=list)
     pixel_size: float = 1.0  # world units (nm) per screen pixel (orthographic view)
     centre: tuple[float, float, float] = (0.0, 0.0, 0.0)  # world position at the centre
 
@@ -295,6 +307,68 @@ const sources = managed.layer.dataSources.map((s) => {
 });
 return {sources};
 """
+
+# The segment properties as the client parsed them: the layer's preprocessed property
+# map (null until the layer's sources have loaded it), its inline ids and properties
+# (ids as decimal strings: exact for uint64), and getSegmentLabel (label + "#tag"s, as
+# the segment list shows it) of the ids asked about.
+_SEGMENT_PROPERTIES_JS = """
+const [name, ids] = arguments;
+const managed = window.viewer.layerManager.getLayerByName(name);
+if (managed === undefined || managed.layer == null) return {error: "no layer " + name};
+const map = managed.layer.displayState.segmentationGroupState.value.segmentPropertyMap.value;
+if (map === undefined) return {map: null};
+const inline = map.segmentPropertyMap.inlineProperties;
+if (inline === undefined) return {map: {ids: [], properties: [], labels: {}}};
+const properties = inline.properties.map((p) => {
+  const out = {id: p.id, type: p.type, description: p.description ?? null};
+  if (p.type === "tags") {
+    out.tags = Array.from(p.tags);
+    out.values = Array.from(p.values, (v) => Array.from(v, (c) => p.tags[c.charCodeAt(0)]));
+  } else if (p.type === "number") {
+    out.data_type = p.dataType;  // the client's DataType enum (a number)
+    out.values = Array.from(p.values, (v) => Number(v));
+  } else {
+    out.values = Array.from(p.values);
+  }
+  return out;
+});
+const labels = {};
+for (const id of ids) labels[id] = map.getSegmentLabel(BigInt(id)) ?? null;
+return {map: {ids: Array.from(inline.ids, String), properties, labels}};
+"""
+
+# The multi-resolution mesh fragments the client holds on its main thread (decoded;
+# a fragment that failed to download or decode never gets there: the client silently
+# draws its parent instead). Keys are "{id}/{lod}:{octree row}" (getMultiscaleFragmentKey).
+_MESH_FRAGMENTS_JS = """
+const managed = window.viewer.layerManager.getLayerByName(arguments[0]);
+if (managed === undefined || managed.layer == null) return {error: "no layer " + arguments[0]};
+const out = [];
+for (const renderLayer of managed.layer.renderLayers) {
+  const source = renderLayer.source;
+  if (source == null || source.fragmentSource === undefined) continue;
+  for (const [key, chunk] of source.fragmentSource.chunks) {
+    const m = chunk.meshData;
+    out.push({key, strips: m.strips, indices: m.indices.length,
+              type: m.vertexPositions.constructor.name,
+              positions: Array.from(m.vertexPositions)});
+  }
+}
+return {fragments: out};
+"""
+
+
+class MeshFragment(NamedTuple):
+    """A decoded multi-resolution mesh fragment as the client holds it: ``positions``
+    are the quantized vertex positions, ``(n, 3)`` uint32 (the client's 10-bit format
+    unpacked), ``triangles`` its triangle count."""
+
+    segment: int
+    lod: int
+    row: int
+    positions: np.ndarray
+    triangles: int
 
 
 class NeuroglancerClient:
@@ -718,12 +792,89 @@ class NeuroglancerClient:
         errors = [s["error"] for s in state["sources"] if "error" in s]
         return "; ".join(errors) if errors else None
 
+    def segment_properties(
+        self, layer: str, ids: Sequence[int] = (), timeout: float = 5.0
+    ) -> dict[str, Any]:
+        """The inline segment properties of segmentation ``layer`` as the client parsed
+        them, waiting up to ``timeout`` s for the client to have them: ``{"ids":
+        [int], "properties": [{"id", "type", "description", "values", ("tags" |
+        "data_type")}], "labels": {id: str | None}}``. Tags come as lists of tag names,
+        numbers as floats (``data_type`` is the client's DataType enum number);
+        ``labels`` is what ``getSegmentLabel`` gives for each of ``ids`` (the label and
+        then ``#tag``s, as the segment list shows them)."""
+        found: dict[str, Any] = {}
+
+        def ready() -> bool:
+            out = self.driver.execute_script(
+                _SEGMENT_PROPERTIES_JS, layer, [str(int(i)) for i in ids]
+            )
+            if "error" in out:
+                raise ClientError(out["error"])
+            found.update(out)
+            return out["map"] is not None
+
+        self.wait_for(ready, timeout, f"the segment properties of layer {layer!r}")
+        got = found["map"]
+        for prop in got["properties"]:
+            if prop["type"] == "number":  # every allowed type fits a double exactly
+                prop["values"] = [float(v) for v in prop["values"]]
+        return {
+            "ids": [int(i) for i in got["ids"]],
+            "properties": got["properties"],
+            "labels": {int(k): v for k, v in got["labels"].items()},
+        }
+
     def console_errors(self) -> list[str]:
         """Browser console messages (all levels, uncaught exceptions too) since the
         test (or :meth:`reset`) began."""
         self._fetch_console()
         with self._console_lock:
             return list(self._console)
+
+    def mesh_fragments(self, layer: str = "seg") -> list[MeshFragment]:
+        """The multi-resolution mesh fragments segmentation ``layer`` has decoded (and
+        still holds): what reached the renderer, where the request log only says what
+        was fetched."""
+        out = self.driver.execute_script(_MESH_FRAGMENTS_JS, layer)
+        if "error" in out:
+            raise ClientError(out["error"])
+        found = []
+        for f in out["fragments"]:
+            segment, rest = f["key"].split("/")
+            if ":" not in rest or f["type"] not in ("Uint16Array", "Uint32Array"):
+                continue  # a legacy mesh's fragment (float32 nm positions)
+            lod, row = rest.split(":")
+            raw = np.array(f["positions"], np.uint32)
+            if f["type"] == "Uint32Array":  # uint10 format: x | y << 10 | z << 20 per vertex
+                raw = np.stack([(raw >> s) & 1023 for s in (0, 10, 20)], axis=1)
+            if f["strips"]:
+                raise ClientError("the client stored triangle strips: counts would differ")
+            found.append(
+                MeshFragment(
+                    int(segment), int(lod), int(row), raw.reshape(-1, 3), f["indices"] // 3
+                )
+            )
+        return found
+
+    def client_errors(self) -> list[str]:
+        """The console's errors and warnings since the test (or :meth:`reset`) began,
+        but for two of the Python viewer's own server: the browser's ``/favicon.ico``
+        (404) and the state sync (the client posts its state to ``/state/<token>``; the
+        server answers 412 when Python changed the state meanwhile, e.g. a new
+        :meth:`show`, and the client retries)."""
+        import neuroglancer.server
+
+        viewer = neuroglancer.server.get_server_url().rstrip("/")
+        benign = (f"{viewer}/favicon.ico - ", f"{viewer}/state/")
+        return [
+            m
+            for m in self.console_errors()
+            if m.startswith(("SEVERE", "WARNING"))
+            and not (
+                "Failed to load resource" in m
+                and any(m.split(": ", 1)[-1].startswith(b) for b in benign)
+            )
+        ]
 
     def wait_for(self, predicate: Callable[[], Any], timeout: float, what: str) -> Any:
         """Poll ``predicate`` until it returns something true; :class:`ClientError`
@@ -752,6 +903,8 @@ class NeuroglancerClient:
         size: tuple[int, int] = (256, 256),
         timeout: float = SCREENSHOT_TIMEOUT,
         layer: str = "seg",
+        segment_colors: Mapping[int, str] | None = None,
+        mesh_render_scale: float | None = None,
     ) -> MeshRender:
         """Render the meshes of ``segments`` of the segmentation at ``source`` (whose
         ``info`` names a ``mesh`` directory, ``mesh_dir`` on disk) in a 3-D view.
@@ -761,11 +914,26 @@ class NeuroglancerClient:
         so :meth:`MeshRender.project` maps a world point to its pixel. Only the meshes
         are drawn (no slices, no bounding box), on a black background. Returns the
         image, the pixels the meshes cover and the mesh requests the client made (none
-        for meshes it has already loaded from the same URL)."""
+        for meshes it has already loaded from the same URL).
+
+        ``segment_colors`` (id -> ``"#rrggbb"``) tells segments apart on screen (shading
+        scales the colour). ``mesh_render_scale`` is the layer's LOD detail cutoff, in
+        ``[1/16, 65535]`` (:data:`MESH_RENDER_SCALE_RANGE`; the client silently replaces
+        a value outside by its default, 1): starting from the coarsest LOD, the client
+        requests and draws a node's children while cutoff x (a pixel's size at the
+        node, in stored model units) is below the node's ``lod_scale``, so 65535 gives
+        the coarsest LOD only (src/mesh/multiscale.ts)."""
         import neuroglancer
 
         seg = neuroglancer.SegmentationLayer(source=source, segments=[int(s) for s in segments])
         seg.selected_alpha = 1.0
+        if segment_colors is not None:
+            seg.segment_colors = {int(k): v for k, v in segment_colors.items()}
+        if mesh_render_scale is not None:
+            lo, hi = MESH_RENDER_SCALE_RANGE
+            if not lo <= mesh_render_scale <= hi:
+                raise ValueError(f"mesh_render_scale {mesh_render_scale} is not in [{lo}, {hi}]")
+            seg.mesh_render_scale = float(mesh_render_scale)
         self.server.clear_log()
         self.show(
             {layer: seg},
@@ -782,13 +950,15 @@ class NeuroglancerClient:
         foreground = (image[:, :, :3] > 8).any(axis=2)
         manifests: list[str] = []
         fragments: list[str] = []
-        for r in self.chunk_requests(mesh_dir):
+        requests = self.chunk_requests(mesh_dir)
+        for r in requests:
             (manifests if _is_manifest(r.path, segments) else fragments).append(r.path)
         return MeshRender(
             image=image,
             foreground=foreground,
             manifest_requests=manifests,
             fragment_requests=fragments,
+            requests=requests,
             pixel_size=pixel_size,
             centre=(float(centre[0]), float(centre[1]), float(centre[2])),
         )
