@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from mesh_oracles import OFFSET, RESOLUTION, near_boundary, segmentation
 from napari_volumes import write_ts_volume
 
 import precomputed
+from mesh_oracles import OFFSET, RESOLUTION, near_boundary, segmentation
 from napari_precomputed._reader import read_volume
 from precomputed import meshes
 from precomputed import segment_properties as sp

@@ -10,7 +10,15 @@ from typing import Any
 
 import numpy as np
 import pytest
-from segment_cases import BOX, NAMES, OFFSET, RESOLUTION, SPHERE, add_reader_layer, make_segmentation
+from segment_cases import (
+    BOX,
+    NAMES,
+    OFFSET,
+    RESOLUTION,
+    SPHERE,
+    add_reader_layer,
+    make_segmentation,
+)
 
 from napari_precomputed._reader import read_volume
 
