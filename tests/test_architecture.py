@@ -62,7 +62,7 @@ PLUGIN_LAYERS: list[tuple[str, list[str]]] = [
                   "segments.meshes", "segments.view", "segments"]),
     ("editing", ["editing.editable", "editing.region", "editing.results", "editing.remesh",
                  "editing.policy", "editing.session", "editing"]),
-    ("widgets", ["widgets.create", "widgets.labels", "widgets"]),
+    ("widgets", ["widgets.create", "widgets.labels", "widgets.segments", "widgets"]),
     ("commands", ["cli"]),
     ("face", [""]),
 ]

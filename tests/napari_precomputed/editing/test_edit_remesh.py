@@ -30,8 +30,8 @@ from precomputed.internal.geometry import Box
 
 pytest.importorskip("zmesh")
 
-O = np.array(OFFSET)
-WHOLE = tuple((int(a), int(a + n)) for a, n in zip(O, labels_xyz().shape, strict=True))
+OFF = np.array(OFFSET)
+WHOLE = tuple((int(a), int(a + n)) for a, n in zip(OFF, labels_xyz().shape, strict=True))
 
 
 @pytest.fixture(autouse=True)
@@ -77,7 +77,7 @@ def test_a_commit_remeshes_the_touched_segments(tmp_path: Path) -> None:
     assert r.segment_ids == [SPHERE, BOX] and r.stats.segments_written == 2
     assert "2 segments re-meshed" in result.summary()
     # Meshed where the segments are (old meshes and the edit, padded), not elsewhere.
-    lo, hi = np.array(r.region[0]) - O, np.array(r.region[1]) - O
+    lo, hi = np.array(r.region[0]) - OFF, np.array(r.region[1]) - OFF
     assert (lo <= [8 - 2, 10, 5]).all() and (hi >= [63, 30, 40]).all()
     assert (hi - lo).prod() < np.prod(labels_xyz().shape)
     # Storage: the edit and the new meshes.
@@ -85,9 +85,9 @@ def test_a_commit_remeshes_the_touched_segments(tmp_path: Path) -> None:
     assert (stored[60:63, 15:20, 10:15, 0] == BOX).all()
     vol = precomputed.open(str(path))
     box = meshes.open(vol).get(BOX)
-    assert box.vertices[:, 0].max() / RESOLUTION[0] - O[0] == pytest.approx(63, abs=0.01)
+    assert box.vertices[:, 0].max() / RESOLUTION[0] - OFF[0] == pytest.approx(63, abs=0.01)
     sphere = meshes.open(vol).get(SPHERE)
-    p = sphere.vertices / np.array(RESOLUTION) - O
+    p = sphere.vertices / np.array(RESOLUTION) - OFF
     hole = (p[:, 0] < 13.5) & (p[:, 1] > 25.5) & (p[:, 1] < 34.5) & (p[:, 2] > 15.5) & (p[:, 2] < 24.5)
     assert not hole.any()  # no surface left inside the erased part
     # The Surface layers were refreshed (refetched in the background) and show it.
@@ -172,10 +172,10 @@ def test_the_remesh_region(tmp_path: Path) -> None:
     path = make_segmentation(tmp_path / "seg")
     vol = precomputed.open(str(path))
     src = meshes.open(vol)
-    edit = Box(tuple(int(v) for v in O + [1, 2, 3]), tuple(int(v) for v in O + [4, 5, 6]))  # type: ignore[arg-type]
+    edit = Box(tuple(int(v) for v in OFF + [1, 2, 3]), tuple(int(v) for v in OFF + [4, 5, 6]))  # type: ignore[arg-type]
     # A new label: the edited voxels, padded by 2, clipped to the volume.
     got = remesh_region(vol, src, [999], [edit])
-    assert got == (tuple(int(v) for v in O + [0, 0, 1]), tuple(int(v) for v in O + [6, 7, 8]))
+    assert got == (tuple(int(v) for v in OFF + [0, 0, 1]), tuple(int(v) for v in OFF + [6, 7, 8]))
     # An existing one: its old mesh's LOD 0 nodes too (the box: x 40-60, y 10-30, z 5-40).
-    lo, hi = (np.array(c) - O for c in remesh_region(vol, src, [BOX], [edit]))
+    lo, hi = (np.array(c) - OFF for c in remesh_region(vol, src, [BOX], [edit]))
     assert (lo <= [1, 2, 3]).all() and (hi >= [62, 32, 42]).all() and (hi <= labels_xyz().shape).all()
