@@ -64,6 +64,9 @@ log = logging.getLogger("napari_precomputed")
 LOD_COARSEST = -1
 #: Metadata key of the Surface layers made here.
 MESH_METADATA = "precomputed_mesh"
+#: Most Surface layers one view shows (a layer per segment: napari slows down with
+#: thousands of layers); further selected segments are listed as not shown.
+MAX_SURFACES = 100
 
 VolumeKey = tuple[str, str]
 
@@ -228,8 +231,12 @@ class SegmentMeshes:
         lod: int = 0,
         background: Background | None = None,
         cache: MeshCache = MESH_CACHE,
+        max_surfaces: int = MAX_SURFACES,
     ) -> None:
         self.viewer = viewer
+        self.max_surfaces = max_surfaces
+        #: Selected segments beyond ``max_surfaces`` (no mesh shown).
+        self.not_shown = 0
         self.layer = layer
         self.volume, self.origin = _finest(layer)
         self.key = volume_key(self.volume)
@@ -291,6 +298,8 @@ class SegmentMeshes:
     def set_ids(self, ids: Iterable[int]) -> None:
         """Show the meshes of ``ids`` (and only those)."""
         wanted = tuple(dict.fromkeys(int(i) for i in ids if int(i) != 0))
+        self.not_shown = max(0, len(wanted) - self.max_surfaces)
+        wanted = wanted[: self.max_surfaces]
         keep = set(wanted)
         for i in [i for i in self.layers if i not in keep]:
             self._remove(i)
@@ -349,10 +358,12 @@ class SegmentMeshes:
     def status(self) -> str:
         """One line: what is shown, what is missing, the last error."""
         if not self.ids:
-            return "No segment selected"
+            return "No segment selected" if not self.not_shown else "Too many segments"
         parts = [f"{len(self.layers)} of {len(self.ids)} meshes shown"]
         if self.missing:
             parts.append(f"{len(self.missing)} without mesh")
+        if self.not_shown:
+            parts.append(f"{self.not_shown} more selected (at most {self.max_surfaces} shown)")
         if self.busy:
             parts.append("fetching ...")
         if self.error:

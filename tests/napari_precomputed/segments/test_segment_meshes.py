@@ -237,6 +237,13 @@ def test_selection_changes_add_and_remove_surfaces_and_reuse_the_cache(
     assert list(view.meshes.layers) == [SPHERE] and view.meshes.ids == (SPHERE,)
     view.clear()
     assert not [layer for layer in viewer.layers if layer is not labels]
+    # At most max_surfaces layers.
+    view.meshes.max_surfaces = 1
+    view.select([BOX, SPHERE])
+    assert list(view.meshes.layers) == [BOX]  # cached
+    assert view.meshes.status() == "1 of 1 meshes shown, 1 more selected (at most 1 shown)"
+    view.meshes.max_surfaces = 100
+    view.clear()
     # Removing the Labels layer removes its surfaces.
     view.select([SPHERE])
     assert SPHERE in view.meshes.layers
