@@ -58,9 +58,11 @@ DRIVER_LAYERS: list[tuple[str, list[str]]] = [
 PLUGIN_LAYERS: list[tuple[str, list[str]]] = [
     ("placement", ["_pyramid", "_array"]),
     ("io", ["_reader", "_writer", "_sample_data"]),
-    ("editing", ["editing.editable", "editing.region", "editing.results", "editing.policy",
-                 "editing.session", "editing"]),
-    ("widgets", ["widgets.create", "widgets.labels", "widgets"]),
+    ("segments", ["segments.background", "segments.search", "segments.selection",
+                  "segments.meshes", "segments.view", "segments"]),
+    ("editing", ["editing.editable", "editing.region", "editing.results", "editing.remesh",
+                 "editing.policy", "editing.session", "editing"]),
+    ("widgets", ["widgets.create", "widgets.labels", "widgets.segments", "widgets"]),
     ("commands", ["cli"]),
     ("face", [""]),
 ]

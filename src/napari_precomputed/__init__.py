@@ -10,6 +10,8 @@ from ._sample_data import make_sample_data
 from ._writer import write_image, write_labels
 from .editing import CommitError, CommitResult, EditSession, edit_labels, open_sessions
 from .editing.policy import Prompt, register_prompt_loader
+from .segments import SegmentView, segment_view, show_segments
+from .segments.background import Poster, register_poster_loader
 
 __all__ = [
     "CommitError",
@@ -18,6 +20,9 @@ __all__ = [
     "LevelArray",
     "edit_labels",
     "open_sessions",
+    "SegmentView",
+    "segment_view",
+    "show_segments",
     "get_reader",
     "make_sample_data",
     "read_volume",
@@ -35,3 +40,13 @@ def _qt_prompt() -> Prompt:
 
 
 register_prompt_loader(_qt_prompt)
+
+
+def _qt_poster() -> Poster:
+    """The Qt poster of background mesh fetches, imported only for a Qt viewer."""
+    from .widgets.segments import qt_poster
+
+    return qt_poster()
+
+
+register_poster_loader(_qt_poster)

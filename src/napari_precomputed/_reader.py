@@ -20,6 +20,7 @@ import numpy as np
 import precomputed
 from precomputed import KvStore, MultiscaleMetadata, PrecomputedError, Volume
 from precomputed.driver import open_scale
+from precomputed.info_members import resolve_subdir, volume_location
 from precomputed.kvstore.url import parse_url
 from precomputed.spec import parse_spec
 
@@ -33,6 +34,7 @@ __all__ = [
     "display_name",
     "layer_volumes",
     "matching_layer",
+    "segment_features",
 ]
 
 log = logging.getLogger("napari_precomputed")
@@ -207,6 +209,10 @@ def read_volume(source: str | dict[str, Any], **open_options: Any) -> list[Layer
     }
     if labels:
         kind = "labels"
+        features, found = segment_features(first)
+        kwargs["metadata"]["precomputed"]["segment_properties"] = found
+        if features is not None:
+            kwargs["features"] = features
     else:
         kind = "image"
         kwargs["rgb"] = rgb
@@ -214,6 +220,41 @@ def read_volume(source: str | dict[str, Any], **open_options: Any) -> list[Layer
             kwargs["contrast_limits"] = _contrast_limits(dtype, data[-1])
     layer_data = data if len(data) > 1 else data[0]
     return [(layer_data, kwargs, kind)]
+
+
+#: The features column napari's Labels look label values up in.
+FEATURES_ID_COLUMN = "index"
+
+
+def segment_features(volume: Volume) -> tuple[dict[str, np.ndarray] | None, dict[str, Any] | None]:
+    """The segment properties of a segmentation as napari ``features`` (one row per
+    segment, its id in the ``index`` column), and what the layer's metadata records of
+    them (``key``, ``count``, the ids of the ``label`` and ``tags`` properties). A
+    volume without ``segment_properties`` gives ``(None, None)``; one whose properties
+    cannot be read gives ``(None, {"key": ..., "error": ...})`` and a warning naming the
+    key, and still opens. One small JSON read (the volume ``info`` is not read again)."""
+    from precomputed import segment_properties
+
+    member = volume.info.get("segment_properties")
+    if member is None:
+        return None, None
+    kv, path = volume_location(volume)
+    key = f'{kv.url}{path}info member "segment_properties"'
+    try:
+        pkv, prefix = resolve_subdir(kv, path, member, "segment_properties")
+        key = f"{pkv.url}{prefix}info"
+        props = segment_properties.read((pkv, prefix))
+        columns = props.to_columns(FEATURES_ID_COLUMN)
+    except Exception as e:  # the volume opens without them
+        _report(f"napari-precomputed: cannot read the segment properties {key}: {e}")
+        return None, {"key": key, "error": str(e)}
+    label, tags = props.label, props.tags
+    return columns, {
+        "key": key,
+        "count": len(props),
+        "label": label.id if label is not None else None,
+        "tags": tags.id if tags is not None else None,
+    }
 
 
 def display_name(source: str | dict[str, Any]) -> str:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from precomputed import PrecomputedError
 from precomputed.chunkstore import CommitStats
 
-__all__ = ["ChunkConflict", "CommitResult", "CommitError", "plural"]
+__all__ = ["ChunkConflict", "CommitResult", "CommitError", "RemeshResult", "plural"]
 
 
 @dataclass
@@ -21,6 +22,37 @@ class ChunkConflict:
     position: tuple[int, int, int]
     key: str
     voxels: int
+
+
+@dataclass
+class RemeshResult:
+    """What re-meshing the segments of a commit did (after the edits were stored: a
+    failure here loses nothing of the commit)."""
+
+    #: The segments whose meshes were regenerated (or deleted: no voxel left).
+    segment_ids: list[int] = field(default_factory=list)
+    #: The scale the meshes were made from.
+    scale_index: int = 0
+    #: ``((x0, y0, z0), (x1, y1, z1))`` voxels of that scale meshed, None: the whole scale.
+    region: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+    #: What the mesh writer did (``precomputed.meshes.MeshWriteStats``), None on failure.
+    stats: Any = None
+    #: Why nothing was re-meshed although segments were touched (no error).
+    skipped: str | None = None
+    error: BaseException | None = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def summary(self) -> str:
+        n = len(self.segment_ids)
+        if self.error is not None:
+            return f"re-meshing {n} segment{plural(n)} failed: {self.error}"
+        if self.skipped:
+            return f"not re-meshed: {self.skipped}"
+        return f"{n} segment{plural(n)} re-meshed in {self.seconds:.2f} s"
 
 
 @dataclass
@@ -43,8 +75,18 @@ class CommitResult:
     #: Scale index -> what updating that coarser scale wrote.
     downsampled: dict[int, CommitStats] = field(default_factory=dict)
     seconds: float = 0.0
+    #: Labels (not 0) the stored edits changed: old and new values of the changed voxels.
+    touched_ids: list[int] = field(default_factory=list)
+    #: The re-meshing of ``touched_ids`` after the commit, when it ran.
+    remesh: RemeshResult | None = None
 
     def summary(self) -> str:
+        text = self._stored_summary()
+        if self.remesh is not None and (self.remesh.segment_ids or self.remesh.error):
+            text += "; " + self.remesh.summary()
+        return text
+
+    def _stored_summary(self) -> str:
         if not (self.chunks_written or self.chunks_deleted or self.downsampled):
             text = "nothing to store"
             if self.unchanged:

@@ -46,9 +46,12 @@ from precomputed.readpath import fetch
 from precomputed.transaction import Transaction
 
 from .._reader import display_name, layer_volumes, matching_layer
+from ..segments.meshes import meshes_rewritten
+from ..segments.selection import original_colormap
 from . import policy
 from .editable import EditableArray
 from .region import DEFAULT_VOXEL_BUDGET, Region, check_region, view_region
+from .remesh import remesh_touched, touched_labels
 from .results import ChunkConflict, CommitError, CommitResult, plural
 
 __all__ = [
@@ -173,6 +176,14 @@ class EditSession:
         self._pending: list[Box] = []
         #: Set by the widget to run key-triggered commits in its worker.
         self.commit_handler: Callable[[EditSession], Any] | None = None
+        #: Re-mesh the segments a commit touched (True/False; None: when the volume's
+        #: multi-resolution meshes can be rewritten). See :mod:`.remesh`.
+        self.remesh: bool | None = None
+        # Labels changed by stored edits, and the boxes (absolute voxels of this scale)
+        # of the changed voxels, not re-meshed yet (guarded by _lock).
+        self._touched: set[int] = set()
+        self._touched_boxes: list[Box] = []
+        self._announced: CommitResult | None = None
 
         sl = tuple(slice(a, b) for a, b in zip(region.start, region.stop, strict=True))
         view = vol.with_transaction(self.transaction)[(*sl, slice(None))].zyx()
@@ -217,8 +228,8 @@ class EditSession:
             },
         )
         if self.source_layer is not None:
-            try:  # the same colours as the pyramid underneath
-                layer.colormap = self.source_layer.colormap
+            try:  # the same colours as the pyramid underneath (all its labels)
+                layer.colormap = original_colormap(self.source_layer)
             except Exception:  # pragma: no cover - colormap kinds vary across napari
                 pass
         layer.bind_key(COMMIT_KEY, self._on_commit_key, overwrite=True)
@@ -320,9 +331,9 @@ class EditSession:
         with self._commit_lock:
             self._committing = True
             try:
-                result = self._commit(
-                    progress, self.downsample if downsample is None else downsample
-                )
+                downsample = self.downsample if downsample is None else downsample
+                result = self._commit(progress, downsample)
+                self._remesh_touched(result, downsample)
                 self.last_result, self.last_error = result, None
                 if not self.dirty_chunks and self.viewer is None:
                     _kept.discard(self)  # nothing left to lose
@@ -424,11 +435,33 @@ class EditSession:
                 box = _changed_box(arr, base, handle.grid.chunk_box(pos))
                 if box is not None:
                     boxes.append(box)
+                    self._touched.update(touched_labels(arr, base).tolist())
+                    self._touched_boxes.append(box)
                 if pos in still_dirty:
                     self._bases[pos] = arr
                 else:
                     self._bases.pop(pos, None)
             self._pending.extend(boxes)
+
+    def _remesh_touched(self, result: CommitResult, downsampled: bool) -> None:
+        """After a successful commit: re-mesh the labels it (and failed commits before
+        it) changed, per ``remesh``. Never raises (a failure is in ``result.remesh``)."""
+        with self._lock:
+            ids, boxes = sorted(self._touched), list(self._touched_boxes)
+            self._touched.clear()
+            self._touched_boxes.clear()
+        result.touched_ids = ids
+        if not ids or self.remesh is False:
+            return
+        outcome = remesh_touched(
+            self._scale_volume, self.scale_index, ids, boxes, coarser_updated=downsampled
+        )
+        if self.remesh is None and outcome.skipped and outcome.error is None:
+            return  # automatic, and these meshes are not ours to rewrite
+        result.remesh = outcome
+        if outcome.error is not None:  # reported by the widget, on the UI thread
+            log.warning("napari-precomputed: %s: the edits were committed, but %s",
+                        self.layer.name, outcome.summary())  # fmt: skip
 
     # -- coarser scales -------------------------------------------------------------------
     def coarser_scales(self) -> list[tuple[int, int, tuple[int, int, int]]]:
@@ -483,6 +516,12 @@ class EditSession:
                 layer.refresh()
             except Exception as e:  # pragma: no cover - a closing viewer
                 log.debug("napari-precomputed: refresh of %s failed: %s", layer, e)
+        result = self.last_result
+        remeshed = result.remesh if result is not None else None
+        if remeshed is not None and remeshed.segment_ids and result is not self._announced:
+            if remeshed.stats is not None or remeshed.error is not None:
+                self._announced = result
+                meshes_rewritten(self.volume, remeshed.segment_ids)  # their Surface layers
 
     def _sync_handles(self, vols: dict[int, Volume]) -> None:
         """Another layer of the same volume with its own handles. In this session's

@@ -33,6 +33,7 @@ from precomputed import PrecomputedError
 from .._reader import layer_volumes
 from ..editing import policy
 from ..editing.region import DEFAULT_VOXEL_BUDGET
+from ..editing.remesh import remesh_target
 from ..editing.results import CommitError, CommitResult
 from ..editing.session import COMMIT_KEY, EditSession, edit_labels, open_sessions, unwrap_viewer
 
@@ -292,6 +293,11 @@ class EditLabelsWidget(Container):
         self.open_button = PushButton(text="Edit region")
         self.sessions = ComboBox(label="Edit layer", choices=self._session_choices, value=None)
         self.downsample = CheckBox(text="Update coarser scales", value=True)
+        self.remesh = CheckBox(text="Re-mesh edited segments", value=False, enabled=False)
+        self.remesh.tooltip = "On when the segmentation has multi-resolution meshes we can rewrite"
+        self._remesh_checked: dict[int, tuple[bool, str]] = {}  # id(session) -> (can, why not)
+        self._syncing_remesh = False
+        self._remesh_worker: Any = None
         self.commit_button = PushButton(text=f"Commit ({COMMIT_KEY})")
         self.discard_button = PushButton(text="Discard edits")
         self.status = Label(label="Uncommitted", value="")
@@ -309,6 +315,7 @@ class EditLabelsWidget(Container):
                 self.open_button,
                 self.sessions,
                 self.downsample,
+                self.remesh,
                 self.commit_button,
                 self.discard_button,
                 self.status,
@@ -322,6 +329,7 @@ class EditLabelsWidget(Container):
         self.commit_button.changed.connect(lambda *_: self.commit())
         self.discard_button.changed.connect(lambda *_: self.discard())
         self.sessions.changed.connect(self._on_session_chosen)
+        self.remesh.changed.connect(self._on_remesh_event)
         if napari_viewer is not None:
             events = napari_viewer.layers.events
             for name in ("inserted", "removed"):
@@ -382,7 +390,66 @@ class EditLabelsWidget(Container):
 
     def _on_session_chosen(self, value: Any) -> None:
         self.session = value
+        self._sync_remesh()
         self.update_status()
+
+    # -- re-meshing -----------------------------------------------------------------------
+    def _check_remesh(self, session: EditSession) -> None:
+        """Whether the session's meshes can be rewritten: two small JSON reads, in a
+        worker; the checkbox follows (default on when they can)."""
+        from napari.qt.threading import create_worker
+
+        key = id(session)
+        if key in self._remesh_checked:
+            self._sync_remesh()
+            return
+
+        def work() -> tuple[bool, str]:
+            target, why = remesh_target(session.volume)
+            return target is not None, why
+
+        def returned(answer: tuple[bool, str]) -> None:
+            self._remesh_checked[key] = answer
+            if session.remesh is None:
+                session.remesh = answer[0]
+            self._sync_remesh()
+
+        def errored(error: BaseException) -> None:
+            returned((False, f"cannot read the meshes: {error}"))
+
+        worker = create_worker(work, _ignore_errors=True)
+        worker.returned.connect(returned)
+        worker.errored.connect(errored)
+        self._remesh_worker = worker  # kept alive until it reports
+        worker.start()
+
+    def _sync_remesh(self) -> None:
+        s = self.session
+        answer = self._remesh_checked.get(id(s)) if s is not None else None
+        self._syncing_remesh = True
+        try:
+            if s is None or answer is None:
+                self.remesh.enabled = False
+                self.remesh.value = False
+                self.remesh.tooltip = "Checking the meshes ..." if s is not None else None
+                return
+            can, why = answer
+            self.remesh.enabled = can
+            self.remesh.value = bool(can and s.remesh)
+            self.remesh.tooltip = (
+                "Regenerate the meshes of the segments each commit changes" if can
+                else f"Not available: {why}"
+            )  # fmt: skip
+        finally:
+            self._syncing_remesh = False
+
+    def _on_remesh_event(self, *_: Any) -> None:
+        if not self._syncing_remesh:
+            self._on_remesh()
+
+    def _on_remesh(self) -> None:
+        if self.session is not None and self.remesh.enabled:
+            self.session.remesh = bool(self.remesh.value)
 
     def _load_scales(self) -> None:
         """Fill the scale list from the chosen layer's volume or the URL's info."""
@@ -457,6 +524,7 @@ class EditLabelsWidget(Container):
             self.native.destroyed.connect(lambda *_: session.changed.disconnect(callback))
         session.commit_handler = self._commit_session
         self.session = session
+        self._check_remesh(session)
         self.sessions.reset_choices()
         self.sessions.value = session
         r = session.region
@@ -493,7 +561,14 @@ class EditLabelsWidget(Container):
             self._set_result(f"Failed: {outcome}", error=True)
         else:
             self.last_result = outcome
-            self._set_result(outcome.summary())
+            remesh = outcome.remesh
+            failed = remesh is not None and remesh.error is not None
+            self._set_result(outcome.summary(), error=failed)
+            if failed:
+                from napari.utils.notifications import show_warning
+
+                name = self.session.layer.name if self.session is not None else "labels"
+                show_warning(f"{name}: the edits were committed, but {remesh.summary()}")
 
     def _on_finished(self) -> None:
         self._worker = None
