@@ -81,7 +81,7 @@ def test_widget_commits_in_a_worker_and_keeps_edits_on_failure(
     session.volume.kvstore.read_only = False
     commit_and_wait(widget, qtbot)
     assert widget.last_error is None and session.dirty_chunks == 0
-    assert widget.result.value == widget.last_result.summary()
+    assert widget.result.value == f"Last commit: {widget.last_result.summary()}"
     assert "2 chunks stored in 2 shards" in widget.result.value
     assert widget.status.value == "No uncommitted edits"
     stored, _ = ts_read(seg_path, 0)
