@@ -126,7 +126,7 @@ def _paint_commit_and_guards(
 ) -> None:
     viewer.open(str(seg_path), plugin=PLUGIN)
     (pyramid,) = viewer.layers
-    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Edit labels (Precomputed)")
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Edit labels")
     assert isinstance(widget, EditLabelsWidget) and widget.source.value is pyramid
     viewer.dims.set_point(0, 5 * 40.0)
     session = widget.open_session()  # what is in view (the whole plane), chunk of z = 5
