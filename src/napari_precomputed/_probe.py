@@ -202,7 +202,7 @@ def _explained(error: BaseException, source: str, path: str, budget: float) -> B
     """The driver's error, with what to do where the driver's message does not say it."""
     if not isinstance(error, PrecomputedError):
         return error  # not a volume's problem (probe() treats it as "not ours")
-    message = str(error)
+    message = str(error).rstrip(". ")
     if isinstance(error, UnavailableError):
         message += (
             f". napari-precomputed could not reach {source} within {budget:g} s (the time "
