@@ -16,6 +16,18 @@ from napari_precomputed.widgets import folders as _folders
 PLUGIN = "napari-precomputed"
 
 
+@pytest.fixture
+def viewer_model() -> Any:
+    """A viewer without Qt, with our plugin known to npe2. Not the shared fixture's
+    ``_initialize_plugins()``: that also registers the commands in napari's app model,
+    which a later ``make_napari_viewer`` teardown makes fail when it runs again."""
+    from napari.components import ViewerModel
+    from npe2 import PluginManager
+
+    PluginManager.instance().discover()
+    return ViewerModel()
+
+
 @pytest.fixture(autouse=True)
 def settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
     """napari's settings for this test only (never the user's settings file)."""

@@ -20,6 +20,18 @@ PLUGIN = "napari-precomputed"
 
 
 @pytest.fixture
+def viewer_model() -> Any:
+    """A viewer without Qt, with our plugin known to npe2. Not the shared fixture's
+    ``_initialize_plugins()``: that also registers the commands in napari's app model,
+    which a later ``make_napari_viewer`` teardown makes fail when it runs again."""
+    from napari.components import ViewerModel
+    from npe2 import PluginManager
+
+    PluginManager.instance().discover()
+    return ViewerModel()
+
+
+@pytest.fixture
 def short_budget(monkeypatch: pytest.MonkeyPatch) -> float:
     """The probe's time budget, 1 s, through its documented environment variable."""
     monkeypatch.setenv("NAPARI_PRECOMPUTED_PROBE_TIMEOUT", "1")
