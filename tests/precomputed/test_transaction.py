@@ -201,7 +201,7 @@ class FailingWrites:
     def __init__(self, kv: KvStore, monkeypatch: pytest.MonkeyPatch) -> None:
         self.failing = True
         self.attempts = 0
-        for name in ("write", "write_if"):
+        for name in ("write", "write_conditional"):
             original = getattr(kv, name)
 
             def wrapper(*args: Any, _original: Any = original) -> Any:
@@ -278,7 +278,7 @@ def test_edits_made_while_a_commit_runs_are_not_lost(
     view = vol.with_transaction(txn)
     view[0:4, 0:4, 0:4, :] = 10
     entered, release = threading.Event(), threading.Event()
-    for name in ("write", "write_if"):
+    for name in ("write", "write_conditional"):
         original = getattr(memory_store, name)
 
         def slow(*args: Any, _original: Any = original) -> Any:

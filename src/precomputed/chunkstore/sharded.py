@@ -36,10 +36,14 @@ from cachetools import LRUCache
 
 from .. import sharding as sh
 from ..codecs.gzip import DEFAULT_LIMIT
-from ..errors import ConditionFailedError, CorruptDataError, InvalidArgumentError
+from ..errors import (
+    ConditionFailedError,
+    CorruptDataError,
+    InvalidArgumentError,
+)
 from ..internal.geometry import ChunkGrid, Vec3
-from ..kvstore import NO_VALUE, KvStore
-from .base import ChunkStore, CommitStats, join_key
+from ..kvstore import NO_VALUE, Generation, KvStore
+from .base import MAX_COMMIT_RETRIES, ChunkStore, CommitStats, Rebuild, join_key
 
 __all__ = ["Location", "Placement", "ShardedIdStore", "ShardedChunkStore", "shard_number"]
 
@@ -122,7 +126,7 @@ class ShardedIdStore:
     #: one request).
     INDEX_SPAN_BYTES = 64 * 1024
     #: Attempts to rewrite a shard that other writers keep changing before giving up.
-    MAX_COMMIT_RETRIES = 64
+    MAX_COMMIT_RETRIES = MAX_COMMIT_RETRIES
     #: Shards rewritten at once by :meth:`commit` (a scale's chunk commits are scheduled
     #: by :mod:`precomputed.writepath` instead, one :meth:`commit_shard` per group).
     COMMIT_CONCURRENCY = 8
@@ -547,8 +551,8 @@ class ShardedIdStore:
 
         Reads the shard (unless ``full``: the updates supply every chunk of it), merges,
         encodes in TensorStore's order and writes conditionally on the generation that was
-        read; if another writer changed the shard in between, re-reads and merges again.
-        This is the one conditional read-modify-write of the chunk layer. A shard that
+        read; if another writer changed the shard in between, re-reads and merges again
+        (:meth:`commit_shard_with` with updates that need no stored value). A shard that
         cannot be parsed is never overwritten (:class:`CorruptDataError`).
 
         ``prefixes`` (``{id: bytes}``) are stored, never encoded, just before the new values
@@ -556,62 +560,126 @@ class ShardedIdStore:
         their prefix only when ``prefix_size(id, value)`` tells its size (default: none,
         so only the indexed bytes survive).
         """
-        key = self.shard_key(shard)
         # Apply the shard data encoding once, outside the retry loop.
         new = {
             int(cid): None if data is None else sh.encode_chunk_data(data, self.spec)
             for cid, data in updates.items()
         }
-        fresh_prefixes: dict[int, bytes | memoryview] = {
-            cid: prefixes[cid]
-            for cid, data in new.items()
-            if data is not None and prefixes and prefixes.get(cid)
-        }
+        return self._commit_shard(
+            shard, (), lambda _stored: new, full=full, encoded=True,
+            prefixes=prefixes, prefix_size=prefix_size,
+        )  # fmt: skip
+
+    def commit_shard_with(
+        self,
+        shard: int,
+        ids: Sequence[int],
+        rebuild: Callable[[Mapping[int, bytes | None]], Mapping[int, bytes | None]],
+    ) -> CommitStats:
+        """Conditional read-modify-write of one shard: ``rebuild({id: stored value or
+        None})`` (values of ``ids`` as stored, shard data encoding removed) returns the
+        updates (id -> value, ``None``: delete); the shard is written only if it still has
+        the generation those values were read from, else re-read and ``rebuild`` called
+        again (up to :data:`MAX_COMMIT_RETRIES` attempts, then
+        :class:`ConditionFailedError` naming the shard). With no ``ids``, ``rebuild`` is
+        called once."""
+        return self._commit_shard(shard, [int(i) for i in ids], rebuild)
+
+    def _commit_shard(
+        self,
+        shard: int,
+        want: Sequence[int],
+        rebuild: Callable[[Mapping[int, bytes | None]], Mapping[int, bytes | None]],
+        *,
+        full: bool = False,
+        encoded: bool = False,
+        prefixes: Mapping[int, bytes] | None = None,
+        prefix_size: Callable[[int, bytes], int] | None = None,
+    ) -> CommitStats:
+        """The one conditional read-modify-write of a shard (see :meth:`commit_shard_with`);
+        ``encoded``: ``rebuild`` returns values already in the shard data encoding;
+        ``full``: its updates replace every chunk (nothing read, written unconditionally)."""
+        key = self.shard_key(shard)
         stats = CommitStats(keys=[key])
+        fixed: dict[int, bytes | None] | None = None
+        if not want:  # the updates need no stored value: compute (and encode) them once
+            fixed = self._encoded(rebuild({}), encoded)
+        new: dict[int, bytes | None] = {} if fixed is None else fixed
         while True:
             kept: dict[int, bytes | memoryview] = {}
             if full:
-                merged: dict[int, bytes | memoryview] = {}
-                generation = None
+                assert fixed is not None
+                new, merged, generation = fixed, {}, None
             else:
                 blob, generation = self.kvstore.read_with_generation(key)
                 # Keep stored chunks in their data encoding (zero-copy views into the old
                 # shard): no gunzip/gzip round trip, and only the old + the new shard in
                 # memory.
                 try:
-                    merged = {} if not blob else self._stored(blob, key, new, prefix_size, kept)
+                    entries = (
+                        {}
+                        if not blob
+                        else sh.shard_entries(
+                            blob, self.spec, key, max_entries=self.max_minishard_entries
+                        )
+                    )
+                    view = memoryview(blob) if blob else memoryview(b"")
+                    if fixed is not None:
+                        new = fixed
+                    else:
+                        stored = {
+                            cid: None
+                            if cid not in entries
+                            else self.decode_value(cid, Location(key, *entries[cid]), view[slice(*entries[cid])])
+                            for cid in want
+                        }  # fmt: skip
+                        new = self._encoded(rebuild(stored), encoded)
+                    merged = self._stored(view, key, entries, new, prefix_size, kept)
                 except CorruptDataError as e:
+                    if want:
+                        # A read-modify-write fails as a read of its chunks would, naming
+                        # the chunk whose stored bytes are bad.
+                        self.invalidate([shard])
+                        self.read_many(want)
                     raise CorruptDataError(
-                        f'Cannot write {_ids_text(new)} to shard "{key}" (nothing was '
+                        f'Cannot write {_ids_text(list(new) or want)} to shard "{key}" (nothing was '
                         f"written): the existing shard is corrupt: {e}"
                     ) from None
-                del blob
+                del blob, view
             for cid, data in new.items():
                 if data is None:
                     merged.pop(cid, None)
                 else:
                     merged[cid] = data
-            kept.update(fresh_prefixes)
-            encoded = (
+            if prefixes:
+                kept.update(
+                    {
+                        cid: prefixes[cid]
+                        for cid, d in new.items()
+                        if d is not None and prefixes.get(cid)
+                    }
+                )
+            data_out = (
                 sh.encode_shard(merged, self.spec, data_encoded=True, prefixes=kept or None)
                 if merged
                 else None
             )
             del merged, kept
+            gen: Generation | None
             if generation is None:
-                if encoded is None:
+                if data_out is None:
                     self.kvstore.delete(key)
+                    gen = NO_VALUE
                 else:
-                    self.kvstore.write(key, encoded)
-                ok = True
-            elif encoded is None and generation == NO_VALUE:
-                ok = True  # nothing stored before, nothing to store now
+                    gen = self.kvstore.write(key, data_out) or NO_VALUE
+            elif data_out is None and generation == NO_VALUE:
+                gen = NO_VALUE  # nothing stored before, nothing to store now
             else:
-                ok = self.kvstore.write_if(key, encoded, generation)
-            if ok:
+                gen = self.kvstore.write_conditional(key, data_out, generation)
+            if gen is not None:
                 break
             # Another writer changed the shard since we read it: read and merge again.
-            encoded = None
+            data_out = None
             stats.retries += 1
             if stats.retries >= self.MAX_COMMIT_RETRIES:
                 raise ConditionFailedError(
@@ -620,7 +688,8 @@ class ShardedIdStore:
                 )
             time.sleep(random.uniform(0, min(0.2, 0.001 * (1 << min(stats.retries, 8)))))
         self.invalidate([shard])
-        if encoded is None:
+        stats.generations[key] = gen
+        if data_out is None:
             stats.groups_deleted += 1
         else:
             stats.groups_written += 1
@@ -628,21 +697,29 @@ class ShardedIdStore:
         stats.chunks_deleted = len(new) - stats.chunks_written
         return stats
 
+    def _encoded(
+        self, updates: Mapping[int, bytes | None], encoded: bool
+    ) -> dict[int, bytes | None]:
+        """``updates`` with int ids, in the shard data encoding."""
+        if encoded:
+            return {int(cid): data for cid, data in updates.items()}
+        return {
+            int(cid): None if data is None else sh.encode_chunk_data(data, self.spec)
+            for cid, data in updates.items()
+        }
+
     def _stored(
         self,
-        blob: bytes,
+        view: memoryview,
         key: str,
+        entries: Mapping[int, tuple[int, int]],
         replaced: Mapping[int, object],
         prefix_size: Callable[[int, bytes], int] | None,
         prefixes: dict[int, bytes | memoryview],
     ) -> dict[int, bytes | memoryview]:
-        """The entries of a stored shard as views into ``blob`` (validated as TensorStore's
-        write path does); with ``prefix_size``, the unindexed prefixes of the entries not
-        ``replaced`` are added to ``prefixes`` (views too)."""
-        view = memoryview(blob)
-        entries = sh.shard_entries(
-            blob, self.spec, key, max_entries=self.max_minishard_entries
-        )
+        """The ``entries`` of a stored shard (validated as TensorStore's write path does) as
+        views into its bytes ``view``; with ``prefix_size``, the unindexed prefixes of the
+        entries not ``replaced`` are added to ``prefixes`` (views too)."""
         if prefix_size is not None:
             for cid, (a, b) in entries.items():
                 if cid in replaced:
@@ -760,8 +837,26 @@ class ShardedChunkStore(ChunkStore):
         :meth:`ShardedIdStore.commit_shard`); a write of every chunk of a rectangular
         shard does not read it first."""
         shard = shard_number(group)
-        ids = [int(i) for i in self.chunk_ids(list(updates))]
+        ids = [int(i) for i in self.chunk_ids(list(updates))] if updates else []
         full = self.rectangular_groups and len(ids) == self.group_size(shard)
         return self.ids.commit_shard(
             shard, dict(zip(ids, updates.values(), strict=True)), full=full
         )
+
+    def commit_group_with(
+        self, group: Hashable, positions: Sequence[Vec3], rebuild: Rebuild
+    ) -> CommitStats:
+        shard = shard_number(group)
+        if not positions:
+            return self.commit_group(group, rebuild({}))
+        want = [int(i) for i in self.chunk_ids(list(positions))]
+        pos_of: dict[int, Vec3] = dict(zip(want, positions, strict=True))
+
+        def rebuild_ids(stored: Mapping[int, bytes | None]) -> dict[int, bytes | None]:
+            updates = rebuild({pos_of[cid]: blob for cid, blob in stored.items()})
+            if not updates:
+                return {}
+            ids = self.chunk_ids(list(updates)).tolist()
+            return {int(cid): blob for cid, blob in zip(ids, updates.values(), strict=True)}
+
+        return self.ids.commit_shard_with(shard, want, rebuild_ids)
