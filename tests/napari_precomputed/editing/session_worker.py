@@ -31,18 +31,24 @@ def run(
     open_options: dict[str, Any] | None = None,
 ) -> None:
     """``rounds``: ``"disjoint"`` or ``"overlap"`` per round. Puts ``(who, round, report)``
-    on ``results`` after each commit."""
+    on ``results`` after each commit. ``open_options["context"] == "own"``: this worker's
+    sessions open the volume in a context of their own (threads standing in for
+    processes); else in the default context."""
     from napari.components import ViewerModel
 
+    import precomputed
     from napari_precomputed import edit_labels
 
+    open_options = dict(open_options or {})
+    if open_options.get("context") == "own":
+        open_options["context"] = precomputed.Context()
     viewer = ViewerModel()
     for rnd, mode in enumerate(rounds):
         barrier.wait(60)  # the previous round is checked
         report: dict[str, Any] = {}
         try:
             session = edit_labels(
-                viewer, path, region=REGION, downsample=False, **(open_options or {})
+                viewer, path, region=REGION, downsample=False, **open_options
             )
             v = value(who, rnd)
             session.layer.data[OWN[who]] = v
