@@ -179,16 +179,17 @@ class ChunkCache:
         return out
 
     def confirm(
-        self, owner: Hashable, positions: Sequence[Hashable], generation: str, time: float
+        self, owner: Hashable, items: Sequence[tuple[Hashable, str]], time: float
     ) -> None:
-        """The entries of ``positions`` stored at ``generation`` were found current at
-        ``time`` (taken before the check): no read before it revalidates them again."""
+        """The entries of each ``(pos, generation)`` were found current at ``time``
+        (taken before the check): no read starting before it revalidates them again."""
         with self._lock:
-            self.revalidated += len(positions)
-            for p in positions:
-                stamp = self._stamps.get((owner, p))
-                if stamp is not None and stamp.generation == generation:
-                    stamp.time = max(stamp.time, time)
+            self.revalidated += len(items)
+            stamps = self._stamps
+            for p, generation in items:
+                stamp = stamps.get((owner, p))
+                if stamp is not None and stamp.generation == generation and stamp.time < time:
+                    stamp.time = time
 
     def drop_changed(self, owner: Hashable, positions: Sequence[Hashable]) -> None:
         """Revalidation found the stored chunk of ``positions`` changed: forget them."""

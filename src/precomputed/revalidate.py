@@ -93,18 +93,29 @@ def revalidate(scale: OpenedScale, positions: Sequence[Vec3]) -> None:
         return
     checked_at = time.time()  # before the checks: what they confirm was current then
     store = scale.store
-    groups = store.groups_of([p for p, _ in stale])  # type: ignore[misc]
-    by_key: dict[str, tuple[Hashable, list[tuple[Hashable, str | None]]]] = {}
-    for item, group in zip(stale, groups, strict=True):
-        by_key.setdefault(store.group_key(group), (group, []))[1].append(item)
-    keys = list(by_key)
-    currents = group_generations(store, [by_key[k][0] for k in keys])
-    for key, current in zip(keys, currents, strict=True):
-        group, items = by_key[key]
-        same = [p for p, g in items if g == current and current != UNVERSIONED]
-        changed = [p for p, g in items if not (g == current and current != UNVERSIONED)]
-        if same:
-            cache.confirm(owner, same, current, checked_at)
-        if changed:
-            cache.drop_changed(owner, changed)
-            store.invalidate([group])  # its shard index may be of the old version too
+    if store.ranged_chunk_reads:  # one key per chunk: the chunk is its own group
+        items: list[tuple[Hashable, list[tuple[Hashable, str | None]]]] = [
+            (p, [(p, g)]) for p, g in stale
+        ]
+    else:  # a shard's chunks share one check
+        by_group: dict[Hashable, list[tuple[Hashable, str | None]]] = {}
+        for item, group in zip(stale, store.groups_of([p for p, _ in stale]), strict=True):  # type: ignore[misc]
+            by_group.setdefault(group, []).append(item)
+        items = list(by_group.items())
+    currents = group_generations(store, [group for group, _ in items])
+    same: list[tuple[Hashable, str]] = []
+    changed: list[Hashable] = []
+    changed_groups: list[Hashable] = []
+    for (group, members), current in zip(items, currents, strict=True):
+        for p, g in members:
+            if g == current and current != UNVERSIONED:
+                same.append((p, current))
+            else:
+                changed.append(p)
+                if not changed_groups or changed_groups[-1] != group:
+                    changed_groups.append(group)
+    if same:
+        cache.confirm(owner, same, checked_at)
+    if changed:
+        cache.drop_changed(owner, changed)
+        store.invalidate(changed_groups)  # a shard's cached index may be of the old version
