@@ -28,7 +28,7 @@ from .codecs.cseg.region import decode_cseg_region
 from .internal import recycle
 from .internal.geometry import Box, Vec3, zyx_slices
 from .kvstore import NO_VALUE
-from .revalidate import finished, group_generations, read_versioned_many, revalidate
+from .revalidate import finished, read_versioned_many, revalidate
 from .scale import MISSING, ChunkOverlay, OpenedScale
 
 __all__ = ["READ_BATCH", "fetch", "read_box", "read_boxes", "copy_rows"]
@@ -211,9 +211,9 @@ def read_stamped(scale: OpenedScale, positions: Sequence[Vec3], deferred: bool =
     """``ChunkStore.read_chunks``, with the generation each chunk was read from when
     the cache keeps versions for revalidation (``recheck_cached_data`` not false):
     unsharded chunks report the generation of the very read
-    (``ChunkStore.read_versioned``); a shard's is taken before reading its chunks (an
-    older one than the bytes read only makes the next revalidation read them again).
-    ``None`` for a chunk whose version is not known (a CloudVolume compressed twin)."""
+    (``ChunkStore.read_versioned``, in one batch of the store over a network), chunks of
+    a shard the generation of the shard their bytes or absence came from. ``None`` for
+    a chunk whose version is not known (a CloudVolume compressed twin)."""
     store = scale.store
     if not scale.context.cache.enabled or scale.recheck_cached_data is False:
         return store.read_chunks(positions, deferred=deferred), None, not deferred
@@ -229,11 +229,10 @@ def read_stamped(scale: OpenedScale, positions: Sequence[Vec3], deferred: bool =
         if deferred:
             return blobs, gens, False
         return [None if b is None else store.finish(p, b) for p, b in zip(positions, blobs, strict=True)], gens, True
-    groups = store.groups_of(positions)
-    unique = list(dict.fromkeys(groups))
-    before = dict(zip(unique, group_generations(store, unique), strict=True))
-    blobs = store.read_chunks(positions, deferred=deferred)
-    return blobs, [before[g] for g in groups], not deferred
+    # Shards: the generation each chunk's bytes (or absence) came from, cached shard
+    # indices of an older version dropped first (ChunkStore.read_versioned).
+    got = store.read_versioned(positions)
+    return [v.data for v in got], [v.generation for v in got], True
 
 
 def _decoded_into(

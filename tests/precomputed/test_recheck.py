@@ -239,3 +239,19 @@ def test_revalidation_on_gcs_and_s3(request: pytest.FixtureRequest, backend: str
     got = reader.read()
     assert (got[0:8, 0:8] == 4).all() and (got[8:] == 1).all()
     assert reader.context.cache.changed == 1
+
+
+@pytest.mark.parametrize("sharded", [False, True], ids=["unsharded", "sharded"])
+def test_a_chunk_another_process_adds_is_seen_where_the_cache_knew_it_missing(
+    tmp_path: Path, sharded: bool
+) -> None:
+    """Absence is cached too (sparse volumes): a chunk written later by another process,
+    into the same shard file, is found by the next read of the same handle."""
+    path = make(tmp_path / "vol", sharded, value=0)
+    write_elsewhere(path, 9, "0:8, 0:8, :")  # one chunk stored, the others absent
+    vol = precomputed.open(str(path), context=Context(cache_bytes=1 << 26))
+    assert (vol[8:16, 8:16, :, :].read() == 0).all()  # absent, and cached as absent
+    assert (vol[0:8, 0:8, :, :].read() == 9).all()
+    write_elsewhere(path, 4, "8:16, 8:16, :")
+    assert (vol[8:16, 8:16, :, :].read() == 4).all()
+    assert (vol[0:8, 0:8, :, :].read() == 9).all()
