@@ -63,6 +63,7 @@ def run(
                 result = session.commit(downsample=False)
                 report["conflicts"] = [(list(c.position), c.voxels) for c in result.conflicts]
                 report["written"] = result.chunks_written
+                report["summary"] = result.summary()  # what the edit dock shows
             except BaseException as e:
                 report["error"] = repr(e)
             report["dirty"] = session.dirty_chunks

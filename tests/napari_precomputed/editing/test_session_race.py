@@ -89,6 +89,9 @@ def race(
                     problems.append(f"conflicts reported: {reports}")
                 else:
                     expected[w.BOTH] = w.value(winners[0], rnd)
+                    told = f"{w.BOTH_VOXELS} voxels both changed keep this commit's labels"
+                    if told not in reports[winners[0]].get("summary", ""):
+                        problems.append(f"the dock is not told: {reports[winners[0]].get('summary')!r}")
             else:
                 conflicting = [r["conflicts"] for r in reports.values() if any(v for _, v in r.get("conflicts", []))]
                 if conflicting:
