@@ -71,6 +71,16 @@ def open_file_volume(path: str) -> precomputed.Volume:
     return precomputed.open(f"file://{path}", context=precomputed.Context(cache_bytes=0))
 
 
+def open_remote_volume(url: str, storage_options: dict[str, Any]) -> precomputed.Volume:
+    """A fresh handle on a bucket volume with its own store instance and no chunk cache."""
+    kv = precomputed.open_kvstore(url, **storage_options)
+    return precomputed.open(
+        {"driver": "neuroglancer_precomputed", "kvstore": {"driver": "memory"}},
+        kvstore=kv,
+        context=precomputed.Context(cache_bytes=0),
+    )
+
+
 def check_chunk(i: int, arr: np.ndarray, newest: int, seen: dict[int, int]) -> str | None:
     """What is wrong with a read of chunk ``i`` (``None``: nothing). ``newest``: the
     highest round any writer may have reached; ``seen[i]``: the newest round this reader

@@ -28,6 +28,7 @@ from race_worker import (
     ORIGINS,
     initial,
     open_file_volume,
+    open_remote_volume,
     read_until,
     spec,
     value,
@@ -166,18 +167,6 @@ def test_a_reader_racing_whole_shard_replacement_never_reads_another_version(
     assert _lost(open_file_volume(path), 300) == []
 
 
-def _remote_opener(url: str, storage_options: dict[str, Any]) -> Callable[[], precomputed.Volume]:
-    def open_volume() -> precomputed.Volume:
-        kv = open_kvstore(url, **storage_options)  # each writer its own store instance
-        return precomputed.open(
-            {"driver": "neuroglancer_precomputed", "kvstore": {"driver": "memory"}},
-            kvstore=kv,
-            context=precomputed.Context(cache_bytes=0),
-        )
-
-    return open_volume
-
-
 def test_memory_store_threads_lose_nothing(memory_store: MemoryKvStore) -> None:
     def open_volume() -> precomputed.Volume:
         return precomputed.open(
@@ -191,19 +180,23 @@ def test_memory_store_threads_lose_nothing(memory_store: MemoryKvStore) -> None:
     assert_contract(run_rounds(open_volume, rounds, processes=False), rounds)
 
 
-def test_gcs_emulator_threads_lose_nothing(
+def test_gcs_emulator_processes_lose_nothing(
     gcs_bucket: str, gcs_storage_options: dict[str, Any]
 ) -> None:
     url = f"gs://{gcs_bucket}/vol/"
     _create(lambda: precomputed.open(url), open_kvstore(url, **gcs_storage_options))
-    rounds = 60
-    out = run_rounds(_remote_opener(url, gcs_storage_options), rounds, processes=False)
+    rounds = 40
+    opener = functools.partial(open_remote_volume, url, gcs_storage_options)
+    out = run_rounds(opener, rounds, processes=True)
     assert_contract(out, rounds)
+    assert out["a"]["retries"] + out["b"]["retries"] > 0  # ifGenerationMatch refused some
 
 
-def test_s3_moto_threads_lose_nothing(s3_bucket: str, s3_storage_options: dict[str, Any]) -> None:
+def test_s3_moto_processes_lose_nothing(s3_bucket: str, s3_storage_options: dict[str, Any]) -> None:
     url = f"s3://{s3_bucket}/vol/"
     _create(lambda: precomputed.open(url), open_kvstore(url, **s3_storage_options))
     rounds = 24
-    out = run_rounds(_remote_opener(url, s3_storage_options), rounds, processes=False)
+    opener = functools.partial(open_remote_volume, url, s3_storage_options)
+    out = run_rounds(opener, rounds, processes=True)
     assert_contract(out, rounds)
+    assert out["a"]["retries"] + out["b"]["retries"] > 0  # If-Match refused some
