@@ -43,8 +43,8 @@ def sharding() -> dict[str, Any]:
     }
 
 
-def spec(kvstore: dict[str, Any]) -> dict[str, Any]:
-    return {
+def spec(kvstore: dict[str, Any], sharded: bool = True) -> dict[str, Any]:
+    out = {
         "driver": "neuroglancer_precomputed",
         "kvstore": kvstore,
         "multiscale_metadata": {"data_type": "uint32", "num_channels": 1, "type": "segmentation"},
@@ -56,6 +56,9 @@ def spec(kvstore: dict[str, Any]) -> dict[str, Any]:
             "sharding": sharding(),
         },
     }
+    if not sharded:
+        del out["scale_metadata"]["sharding"]  # type: ignore[attr-defined]
+    return out
 
 
 def initial() -> np.ndarray:
@@ -69,6 +72,16 @@ def initial() -> np.ndarray:
 def open_file_volume(path: str) -> precomputed.Volume:
     """A fresh handle in its own context with no chunk cache (a separate reader/writer)."""
     return precomputed.open(f"file://{path}", context=precomputed.Context(cache_bytes=0))
+
+
+def open_remote_volume(url: str, storage_options: dict[str, Any]) -> precomputed.Volume:
+    """A fresh handle on a bucket volume with its own store instance and no chunk cache."""
+    kv = precomputed.open_kvstore(url, **storage_options)
+    return precomputed.open(
+        {"driver": "neuroglancer_precomputed", "kvstore": {"driver": "memory"}},
+        kvstore=kv,
+        context=precomputed.Context(cache_bytes=0),
+    )
 
 
 def check_chunk(i: int, arr: np.ndarray, newest: int, seen: dict[int, int]) -> str | None:
@@ -98,8 +111,10 @@ def write_rounds(
 ) -> None:
     """Writer ``who`` ("a"/"b"): each round, every owned chunk written as two partial
     writes (z halves: each a read-modify-write of the shard), then two barrier waits (the
-    round is checked in between). ``mode="replace"``: writes the whole volume each round
-    (a whole-shard replacement, nothing read), no barriers."""
+    round is checked in between). ``mode="voxels"``: the writers share every chunk, each
+    writing its own x half of it (partial writes of one chunk by both).
+    ``mode="replace"``: writes the whole volume each round (a whole-shard replacement,
+    nothing read), no barriers."""
     vol = open_volume()
     rng = np.random.default_rng(0)
     errors: list[str] = []
@@ -120,10 +135,16 @@ def write_rounds(
                         data += np.uint32(r)
                     vol[...] = data
                     continue
-                for i in OWNED[who]:
-                    x, y, z = ORIGINS[i]
+                if mode == "voxels":  # x-halves of every chunk: a 0..1, b 2..3
+                    boxes = [
+                        (i, x + (0 if who == "a" else 2), 2, y, z)
+                        for i, (x, y, z) in enumerate(ORIGINS)
+                    ]
+                else:
+                    boxes = [(i, *ORIGINS[i][:1], 4, *ORIGINS[i][1:]) for i in OWNED[who]]
+                for i, x, nx, y, z in boxes:
                     for z0 in (z, z + 2):
-                        stats = vol[x : x + 4, y : y + 4, z0 : z0 + 2, :].write(value(i, r))
+                        stats = vol[x : x + nx, y : y + 4, z0 : z0 + 2, :].write(value(i, r))
                         retries += 0 if stats is None else stats.retries
             except Exception as e:  # reported, never hidden: the test fails on any
                 errors.append(f"round {r}: {type(e).__name__}: {e}")
