@@ -39,7 +39,7 @@ DRIVER_LAYERS: list[tuple[str, list[str]]] = [
         "sharding", "schema", "metadata", "info_members", "constraints", "spec",
     ]),
     ("chunks", ["chunkstore.base", "chunkstore.unsharded", "chunkstore.sharded", "chunkstore"]),
-    ("one scale", ["cache", "context", "scale", "readpath", "writepath", "transaction"]),
+    ("one scale", ["cache", "context", "scale", "revalidate", "readpath", "writepath", "transaction"]),
     # dask sits below volume (not with the builders): Volume.to_dask and the package's
     # public store/to_dask call it, and it needs only a view's public surface.
     ("arrays", ["views", "dask", "volume"]),

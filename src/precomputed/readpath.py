@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -26,6 +27,8 @@ from .codecs import decode_chunk_into
 from .codecs.cseg.region import decode_cseg_region
 from .internal import recycle
 from .internal.geometry import Box, Vec3, zyx_slices
+from .kvstore import NO_VALUE
+from .revalidate import finished, read_versioned_many, revalidate
 from .scale import MISSING, ChunkOverlay, OpenedScale
 
 __all__ = ["READ_BATCH", "fetch", "read_box", "read_boxes", "copy_rows"]
@@ -77,6 +80,8 @@ def fetch(
     fill_missing: bool | None = None,
     transient: bool = False,
     into: Callable[[Vec3], np.ndarray | None] | None = None,
+    *,
+    revalidated: bool = False,
 ) -> None:
     """Deliver each chunk (decoded czyx, or None when missing) to ``consume``.
 
@@ -92,10 +97,15 @@ def fetch(
     ``into(pos)`` may name where a stored chunk the cache will not keep belongs (a
     czyx view of the chunk's shape): it is then decoded straight there, without GIL
     for compressed_segmentation, and ``consume`` is not called for it.
+
+    Cached chunks are first revalidated as ``recheck_cached_data`` asks
+    (:func:`.revalidate.revalidate`), unless the caller did (``revalidated``).
     """
     if fill_missing is None:
         fill_missing = scale.fill_missing_data_reads
     cache = scale.context.cache
+    if not revalidated and cache.enabled:
+        revalidate(scale, positions if txn is None else [p for p in positions if txn.get(scale, p) is None])
     todo: list[Vec3] = []
     for pos in positions:
         chunk = txn.get(scale, pos) if txn is not None else None
@@ -120,10 +130,11 @@ def fetch(
                 return
             if direct and _read_raw_into_scratch(scale, pos, consume):
                 return
-            epoch = cache.epoch
-            blob = scale.store.read_chunks([pos])[0]
+            epoch, t = cache.epoch, time.time()
+            blobs, gens, _ = read_stamped(scale, [pos])
+            blob, gen = blobs[0], None if gens is None else gens[0]
             if blob is None:
-                cache.put((scale.cache_id, pos), MISSING, epoch)
+                cache.put((scale.cache_id, pos), MISSING, epoch, generation=gen, time=t)
                 if not fill_missing:
                     raise scale.missing(pos)
                 consume(pos, None)
@@ -131,37 +142,42 @@ def fetch(
             if _decoded_into(scale, pos, blob, into):
                 return
             chunk = scale.decode(pos, blob)
-            cache.put((scale.cache_id, pos), chunk, epoch)
+            cache.put((scale.cache_id, pos), chunk, epoch, generation=gen, time=t)
             consume(pos, chunk)
 
         _map_in_groups(pool, local, todo, scale.context.decode_threads)
         return
 
-    def read(batch: list[Vec3]) -> tuple[int, list[bytes | None]]:
-        epoch = cache.epoch  # before reading: see ChunkCache.put
+    def read(batch: list[Vec3]) -> tuple[int, float, _Stamped]:
+        epoch, t = cache.epoch, time.time()  # before reading: see ChunkCache.put
         # Shard data encoding (gzip) is removed in the workers, in parallel.
-        return epoch, scale.store.read_chunks(batch, deferred=True)
+        return epoch, t, read_stamped(scale, batch, deferred=True)
 
-    def process(batch: list[Vec3], epoch: int, blobs: list[bytes | None]) -> None:
+    def process(batch: list[Vec3], epoch: int, t: float, stamped: _Stamped) -> None:
+        blobs, gens, finished = stamped
+        gen_of = dict(zip(batch, gens, strict=True)) if gens is not None else {}
+
         def work(item: tuple[Vec3, bytes | None]) -> None:
             pos, blob = item
+            gen = gen_of.get(pos)
             if blob is None:
                 # Remember absence too: sparse volumes would re-request it on every
                 # napari refresh (our own writes invalidate the entry).
-                cache.put((scale.cache_id, pos), MISSING, epoch)
+                cache.put((scale.cache_id, pos), MISSING, epoch, generation=gen, time=t)
                 if not fill_missing:
                     raise scale.missing(pos)
                 consume(pos, None)
                 return
-            blob = scale.store.finish(pos, blob)
+            if not finished:
+                blob = scale.store.finish(pos, blob)
             if _decoded_into(scale, pos, blob, into):
                 return
             chunk = scale.decode(pos, blob)
-            cache.put((scale.cache_id, pos), chunk, epoch)
+            cache.put((scale.cache_id, pos), chunk, epoch, generation=gen, time=t)
             consume(pos, chunk)
 
         items = list(zip(batch, blobs, strict=True))
-        del blobs
+        del blobs, stamped
         if len(items) == 1:
             work(items[0])
             return
@@ -178,10 +194,43 @@ def fetch(
     with ThreadPoolExecutor(1, thread_name_prefix="precomputed-prefetch") as io:
         ahead = io.submit(read, batches[0])
         for i, batch in enumerate(batches):
-            epoch, blobs = ahead.result()
+            got = ahead.result()
             if i + 1 < len(batches):
                 ahead = io.submit(read, batches[i + 1])
-            process(batch, epoch, blobs)
+            process(batch, *got)
+            del got
+
+
+#: ``(bytes per chunk, generation per chunk or None, whether the bytes are finished)``.
+_Stamped = tuple[list[bytes | None], list[str | None] | None, bool]
+
+
+def read_stamped(scale: OpenedScale, positions: Sequence[Vec3], deferred: bool = False) -> _Stamped:
+    """``ChunkStore.read_chunks``, with the generation each chunk was read from when
+    the cache keeps versions for revalidation (``recheck_cached_data`` not false):
+    unsharded chunks report the generation of the very read
+    (``ChunkStore.read_versioned``, in one batch of the store over a network), chunks of
+    a shard the generation of the shard their bytes or absence came from. ``None`` for
+    a chunk whose version is not known (a CloudVolume compressed twin)."""
+    store = scale.store
+    if not scale.context.cache.enabled or scale.recheck_cached_data is False:
+        return store.read_chunks(positions, deferred=deferred), None, not deferred
+    if store.ranged_chunk_reads:
+        got = read_versioned_many(store, positions)
+        gens = [
+            None if v.data is not None and v.generation == NO_VALUE else v.generation
+            for v in got
+        ]
+        blobs = [v.data for v in got]
+        if finished(store, positions):
+            return blobs, gens, True
+        if deferred:
+            return blobs, gens, False
+        return [None if b is None else store.finish(p, b) for p, b in zip(positions, blobs, strict=True)], gens, True
+    # Shards: the generation each chunk's bytes (or absence) came from, cached shard
+    # indices of an older version dropped first (ChunkStore.read_versioned).
+    got = store.read_versioned(positions)
+    return [v.data for v in got], [v.generation for v in got], True
 
 
 def _decoded_into(
@@ -277,6 +326,12 @@ def read_box(scale: OpenedScale, box: Box, channels: tuple[int, int], txn: Chunk
         copy_rows(out[(slice(None), *zyx_slices(inter, box))], chunk[(slice(c0, c1), *zyx_slices(inter, cb))])
 
     into = None
+    checked = False
+    if _slab_reads(scale) or scale.encoding.encoding == "compressed_segmentation":
+        # These paths look at cached entries themselves: revalidate them first, once.
+        if scale.context.cache.enabled:
+            revalidate(scale, cells if txn is None else [p for p in cells if txn.get(scale, p) is None])
+        checked = True
     if _slab_reads(scale):
         cells = _read_slabs(scale, box, channels, txn, out)
     elif scale.encoding.encoding == "compressed_segmentation":
@@ -291,7 +346,7 @@ def read_box(scale: OpenedScale, box: Box, channels: tuple[int, int], txn: Chunk
                     return None
                 return out[(slice(None), *zyx_slices(cb, box))]
 
-    fetch(scale, cells, txn, place, transient=True, into=into)
+    fetch(scale, cells, txn, place, transient=True, into=into, revalidated=checked)
     return out
 
 
@@ -396,15 +451,21 @@ def _read_cseg_planes(
     epoch = cache.epoch  # before reading: a racing write must not be undone
     for i in range(0, len(todo), READ_BATCH):
         batch = todo[i : i + READ_BATCH]
-        for pos, blob in zip(batch, scale.store.read_chunks(batch), strict=True):
+        t = time.time()
+        got, gens, _ = read_stamped(scale, batch)
+        for j, (pos, blob) in enumerate(zip(batch, got, strict=True)):
             blobs[pos] = blob
+            gen = None if gens is None else gens[j]
             if blob is None:
-                cache.put((scale.cache_id, pos), MISSING, epoch)
+                cache.put((scale.cache_id, pos), MISSING, epoch, generation=gen, time=t)
                 if not scale.fill_missing_data_reads:
                     raise scale.missing(pos)
             else:
                 cache.partial_owners.add(scale.cache_id)
-                cache.put((scale.cache_id, pos, "encoded"), np.frombuffer(blob, np.uint8), epoch)
+                cache.put(
+                    (scale.cache_id, pos, "encoded"), np.frombuffer(blob, np.uint8), epoch,
+                    generation=gen, time=t,
+                )  # fmt: skip
     block = scale.encoding.block_size
 
     def planes(item: tuple[Vec3, Box, Box]) -> None:
@@ -536,7 +597,8 @@ def _read_slabs(
                     fetched_keys[key] = (pos, nc * nzc * plane)
     if not jobs:
         return whole
-    got, sizes = scale.store.kvstore.read_ranges_sized(requests) if requests else ([], {})
+    t = time.time()
+    got, gens, sizes = _read_ranges_stamped(scale, requests) if requests else ([], {}, {})
     missing: set[Vec3] = set()
     failed: set[Vec3] = set()
     for i, (key, _, _) in enumerate(requests):
@@ -562,27 +624,49 @@ def _read_slabs(
             slab = np.frombuffer(blob, le).reshape(shape)
             if use_cache:
                 cache.partial_owners.add(cid)
-                cache.put(ck, slab, epoch)
+                cache.put(ck, slab, epoch, generation=gens.get(key_of(pos)), time=t)
         elif pos in failed:
             continue
         copy_rows(out[dst], slab[(slice(None), *src)])
     # Chunks read whole below overwrite anything their slabs placed.
     whole.extend(failed - missing)
     if missing:
-        whole.extend(_confirm_missing(scale, sorted(missing), txn, epoch))
+        whole.extend(_confirm_missing(scale, sorted(missing), txn, epoch, t if gens else None))
     return whole
 
 
+def _read_ranges_stamped(
+    scale: OpenedScale, requests: list[tuple[str, int, int]]
+) -> tuple[list[bytes | None], dict[str, str], dict[str, int]]:
+    """Byte ranges of chunk keys with each object's size from the same answers, and
+    each key's generation when the cache keeps versions (all ranges of one key then
+    come from one version of it, and the size is that version's)."""
+    kv = scale.store.kvstore
+    if not scale.context.cache.enabled or scale.recheck_cached_data is False:
+        blobs, sized = kv.read_ranges_sized(requests)
+        return blobs, {}, sized
+    sizes: dict[str, int] = {}
+    blobs, gens = kv.read_ranges_pinned(requests, sizes=sizes)
+    return blobs, gens, sizes
+
+
 def _confirm_missing(
-    scale: OpenedScale, positions: list[Vec3], txn: ChunkOverlay | None, epoch: int
+    scale: OpenedScale,
+    positions: list[Vec3],
+    txn: ChunkOverlay | None,
+    epoch: int,
+    checked_at: float | None = None,
 ) -> list[Vec3]:
     """Chunks whose ranged read found no key: missing, unless a CloudVolume ``.gz``
-    twin exists (local stores only), which the whole-chunk path then decodes."""
+    twin exists (local stores only), which the whole-chunk path then decodes.
+    ``checked_at``: when the read that found them missing started (their cache entry
+    is then stamped as of that time, at the generation of a missing key)."""
     twins = scale.store.gz_twins(positions)
+    gen = None if checked_at is None else NO_VALUE
     for pos in positions:
         if pos in twins:
             continue
-        scale.context.cache.put((scale.cache_id, pos), MISSING, epoch)
+        scale.context.cache.put((scale.cache_id, pos), MISSING, epoch, generation=gen, time=checked_at)
         if not scale.fill_missing_data_reads:
             raise scale.missing(pos)
     return twins

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import Hashable, Sequence
 from typing import Any, Protocol
 
@@ -90,6 +91,14 @@ class OpenedScale:
         self.storage_id = (kvstore.url, store.prefix, self.chunk_size, self.scale.sharding)
         self.transaction: ChunkOverlay | None = None  # the active with-block transaction
         self.lock = threading.RLock()
+        #: When the scale was opened (``time.time()``): the staleness bound of
+        #: ``recheck_cached_data: "open"``.
+        self.opened_at = time.time()
+        recheck = True if request is None else request.recheck_cached_data
+        #: TensorStore's ``recheck_cached_data``: True (revalidate cached chunks on every
+        #: read), ``"open"`` (those cached before the open), False (never), or a time
+        #: (those cached before it, seconds since the epoch).
+        self.recheck_cached_data: bool | str | float = recheck
         context.track(self)
 
     # -- chunk-level operations -------------------------------------------------------------
@@ -112,6 +121,18 @@ class OpenedScale:
         if not self.store_data_equal_to_fill_value and not chunk.any():
             return None
         return encode_chunk(np.ascontiguousarray(chunk), self.encoding)
+
+    def staleness_bound(self) -> float | None:
+        """The oldest time a cached chunk may have been known current to be used by a read
+        starting now without revalidation (``recheck_cached_data``); None: any age."""
+        recheck = self.recheck_cached_data
+        if recheck is True:
+            return time.time()
+        if recheck is False:
+            return None
+        if recheck == "open":
+            return self.opened_at
+        return float(recheck)
 
     def invalidate_chunks(self, positions: Sequence[Vec3]) -> None:
         self.context.cache.invalidate_positions(self.cache_id, [tuple(p) for p in positions])

@@ -46,6 +46,7 @@ from .schema import (
     DRIVER_ID,
     LABELS,
     RANK,
+    CodecSpec,
     Schema,
 )
 
@@ -245,16 +246,23 @@ def _apply_options(obj: dict[str, Any], options: dict[str, Any]) -> None:
         if v:
             obj[k] = True
     schema_kw: dict[str, Any] = {}
+    codecs: list[Any] = []  # codec constraints of the schema option, then the keyword
     if "schema" in options:
         s = options.pop("schema")
         schema_kw.update(s.to_json() if isinstance(s, Schema) else dict(s or {}))
+        if "codec" in schema_kw:
+            codecs.append(schema_kw.pop("codec"))
     if "shape" in options:
         schema_kw["domain"] = {**schema_kw.get("domain", {}), "shape": list(options.pop("shape"))}
     for k in _SCHEMA_OPTIONS:
         if k in options:
             v = options.pop(k)
-            schema_kw[k] = v.to_json() if hasattr(v, "to_json") else v
-    if schema_kw:
+            v = v.to_json() if hasattr(v, "to_json") else v
+            if k == "codec":
+                codecs.append(v)
+            else:
+                schema_kw[k] = v
+    if schema_kw or codecs:
         merged = dict(obj.get("schema") or {})
         for k, v in schema_kw.items():
             if k in merged and merged[k] != v:
@@ -263,6 +271,8 @@ def _apply_options(obj: dict[str, Any], options: dict[str, Any]) -> None:
                     f"existing value {dump_json(merged[k])}"
                 )
             merged[k] = v
+        for v in codecs:  # merged member by member, as TensorStore merges codecs
+            merged["codec"] = merge_codec_json(merged["codec"], v) if "codec" in merged else v
         obj["schema"] = merged
     for k in (
         "scale_index",
@@ -281,6 +291,29 @@ def _apply_options(obj: dict[str, Any], options: dict[str, Any]) -> None:
             obj[k] = options.pop(k)
     if options:
         raise InvalidArgumentError(f"Unexpected option(s): {', '.join(sorted(options))}")
+
+
+def merge_codec_json(existing: Any, given: Any) -> dict[str, Any]:
+    """Two ``codec`` constraints as one, TensorStore's way: members set in only one are
+    taken from it (``{}`` + jpeg is jpeg; raw + ``shard_data_encoding: gzip`` is a raw
+    encoding in gzip shards); a member set in both to different values (or a codec of
+    another driver) is an :class:`InvalidArgumentError` naming it
+    (``member_path`` ``("schema", "codec", name)``)."""
+    with member("schema"), member("codec"):
+        a = CodecSpec.from_json(existing)
+    with member("codec"):
+        b = CodecSpec.from_json(given)
+    try:
+        return a.merge(b).to_json()
+    except InvalidArgumentError as e:
+        clash = [
+            n
+            for n in ("encoding", "jpeg_quality", "png_level", "shard_data_encoding")
+            if None not in (getattr(a, n), getattr(b, n)) and getattr(a, n) != getattr(b, n)
+        ]
+        raise InvalidArgumentError(
+            str(e), member_path=("schema", "codec", *clash[:1])
+        ) from None
 
 
 def _parse_recheck(value: Any) -> bool | str | float:

@@ -7,6 +7,13 @@ read made through it sees them (it is the read path's :class:`~.scale.ChunkOverl
 chunk key when unsharded) exactly once. Edits made while a commit runs, and edits of
 groups whose commit failed, stay dirty, so a later commit (a retry) stores them; nothing
 is dropped silently.
+
+With ``bases`` (the stored chunks the edits were made on) the commit merges: each group
+is a conditional read-modify-write in which every dirty chunk is merged three-way
+(:func:`merge_chunk`) with the chunk stored at the very generation the write replaces;
+when another writer gets there first the group is read and merged again. Two writers
+editing disjoint voxels of one chunk therefore both keep their edits; voxels both
+changed keep the values of the later commit, which reports them (:class:`Rebased`).
 """
 
 from __future__ import annotations
@@ -28,6 +35,11 @@ __all__ = ["Transaction", "Rebased", "merge_chunk", "GROUP_CONCURRENCY"]
 Progress = Callable[[int, int], None]
 #: ``(scale, {pos: stored chunk}, positions rewritten meanwhile)``: see ``commit``.
 Committed = Callable[[OpenedScale, dict[Vec3, np.ndarray], set[Vec3]], None]
+#: ``(scale, what the merge did with each chunk of a stored group)``: see ``commit``.
+Merged = Callable[[OpenedScale, "list[Rebased]"], None]
+#: Per scale, the stored chunk (``None``: absent) the edits of each dirty chunk were
+#: made on: see ``commit``.
+Bases = Mapping[OpenedScale, Mapping[Vec3, "np.ndarray | None"]]
 
 
 @dataclass(frozen=True)
@@ -40,7 +52,7 @@ class Rebased:
     ``"superseded"`` (the merge equals what is stored: no longer dirty). ``conflicts``
     counts the voxels both changed to different values (ours were kept); ``stored`` is
     the chunk as stored now (``None``: absent) for merged and superseded chunks, the new
-    base of their edits.
+    base of their edits (after a merging ``Transaction.commit``: what it stored).
     """
 
     position: Vec3
@@ -75,6 +87,35 @@ def merge_chunk(
     merged = np.where(mine, ours, stored_a)
     both = int(np.count_nonzero(mine & theirs & (ours != stored_a)))
     return (None if np.array_equal(merged, stored_a) else merged), both
+
+
+def _merger(
+    base_of: Mapping[Vec3, np.ndarray | None], outcomes: dict[Vec3, tuple[Rebased, np.ndarray]]
+) -> Callable[[Vec3, np.ndarray, np.ndarray | None], np.ndarray | None]:
+    """The ``merge`` of :func:`.writepath.commit_chunks` for chunks with known bases:
+    called once per attempt of the conditional write, with the chunk stored at the
+    generation that attempt replaces; records what it did in ``outcomes``."""
+
+    def merge(pos: Vec3, ours: np.ndarray, stored: np.ndarray | None) -> np.ndarray | None:
+        if pos not in base_of:  # no base known: ours as it is
+            outcomes.pop(pos, None)
+            return ours
+        base = base_of[pos]
+        if _same(ours, base):  # the edits were undone: leave what is stored
+            outcomes[pos] = (Rebased(pos, "unchanged"), ours if stored is None else stored)
+            return None
+        if _same(stored, base):  # nobody else changed it
+            outcomes[pos] = (Rebased(pos, "kept"), ours)
+            return ours
+        merged, both = merge_chunk(ours, base, stored)
+        if merged is None:  # what is stored already holds our changes
+            now = np.zeros_like(ours) if stored is None else stored
+            outcomes[pos] = (Rebased(pos, "superseded", both, stored), now)
+            return None
+        outcomes[pos] = (Rebased(pos, "merged", both, merged), merged)
+        return merged
+
+    return merge
 
 
 class Transaction:
@@ -203,25 +244,48 @@ class Transaction:
 
     # -- commit ---------------------------------------------------------------------------
     def commit(
-        self, progress: Progress | None = None, on_committed: Committed | None = None
+        self,
+        progress: Progress | None = None,
+        on_committed: Committed | None = None,
+        *,
+        bases: Bases | None = None,
+        on_merged: Merged | None = None,
     ) -> CommitStats:
         """Store every dirty chunk; each touched shard (or chunk key) is written once.
 
         On failure the exception propagates and every edit not yet stored stays dirty.
         ``on_committed(handle, chunks, still_dirty)`` is called (under the transaction's
-        lock) after each group is stored, with the chunks that were stored and those of
+        lock) after each group is stored, with the chunks as stored now and those of
         them that were rewritten meanwhile and so remain dirty.
+
+        ``bases[handle][pos]``: the stored chunk (``None``: absent) the edits of a dirty
+        chunk were made on. Such chunks are merged inside the conditional write of their
+        group, against what is stored at the generation being replaced (re-read and
+        merged again when another writer got there first; after
+        ``ChunkStore.MAX_COMMIT_RETRIES`` attempts a ``ConditionFailedError``, nothing of
+        the group stored): a chunk equal to its base is not written (edits undone), one
+        whose stored version is still its base is written as it is (``"kept"``), else
+        our changed voxels go on top of the stored ones (``"merged"``, or
+        ``"superseded"`` when that is what is stored), :func:`merge_chunk`.
+        ``on_merged(handle, rebased)`` reports, after each group is stored, what the
+        attempt that was stored did with each of its chunks that had a base.
         """
         total = CommitStats()
         with self._lock:
             snapshot = [(h, dict(chunks)) for h, chunks in self._dirty.values()]
         for handle, chunks in snapshot:
+            base_of = None if bases is None else bases.get(handle)
+            if base_of:
+                self._drop_undone(handle, chunks, base_of, on_merged)
             arrays = {pos: arr for pos, (_, arr) in chunks.items()}
+            # What the latest attempt of each group did (an attempt replaces the last).
+            outcomes: dict[Vec3, tuple[Rebased, np.ndarray]] = {}
 
             def done(
                 positions: list[Vec3],
                 handle: OpenedScale = handle,
                 chunks: dict[Vec3, tuple[int, np.ndarray]] = chunks,
+                outcomes: dict[Vec3, tuple[Rebased, np.ndarray]] = outcomes,
             ) -> None:
                 # Forget only entries not rewritten while we were committing.
                 with self._lock:
@@ -233,13 +297,40 @@ class Transaction:
                                 del entry[1][p]
                         if not entry[1]:
                             del self._dirty[id(handle)]
+                    stored = {
+                        p: outcomes[p][1] if p in outcomes else chunks[p][1] for p in positions
+                    }
+                    if on_merged is not None:
+                        merged = [outcomes[p][0] for p in positions if p in outcomes]
+                        if merged:
+                            on_merged(handle, merged)
                     if on_committed is not None:
                         still = set() if entry is None else {p for p in positions if p in entry[1]}
-                        on_committed(handle, {p: chunks[p][1] for p in positions}, still)
+                        on_committed(handle, stored, still)
 
-            total.add(commit_chunks(handle, arrays, progress=progress, on_group_done=done))
+            merge = None if base_of is None else _merger(base_of, outcomes)
+            total.add(
+                commit_chunks(handle, arrays, progress=progress, on_group_done=done, merge=merge)
+            )
         self.last_stats = total
         return total
+
+    def _drop_undone(
+        self,
+        handle: OpenedScale,
+        chunks: dict[Vec3, tuple[int, np.ndarray]],
+        base_of: Mapping[Vec3, np.ndarray | None],
+        on_merged: Merged | None,
+    ) -> None:
+        """Chunks whose edits were all undone (equal to their base) need no write, nor
+        a read: they leave the transaction (and ``chunks``) before the commit."""
+        undone = []
+        for pos, (_, arr) in list(chunks.items()):
+            if pos in base_of and _same(arr, base_of[pos]) and self.replace(handle, pos, arr, None):
+                del chunks[pos]
+                undone.append(Rebased(pos, "unchanged"))
+        if undone and on_merged is not None:
+            on_merged(handle, undone)
 
     def bind(self, scale: OpenedScale) -> None:
         """Route ``scale``'s writes (and reads) through this transaction until the

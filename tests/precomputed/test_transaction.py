@@ -201,7 +201,7 @@ class FailingWrites:
     def __init__(self, kv: KvStore, monkeypatch: pytest.MonkeyPatch) -> None:
         self.failing = True
         self.attempts = 0
-        for name in ("write", "write_if"):
+        for name in ("write", "write_conditional"):
             original = getattr(kv, name)
 
             def wrapper(*args: Any, _original: Any = original) -> Any:
@@ -278,7 +278,7 @@ def test_edits_made_while_a_commit_runs_are_not_lost(
     view = vol.with_transaction(txn)
     view[0:4, 0:4, 0:4, :] = 10
     entered, release = threading.Event(), threading.Event()
-    for name in ("write", "write_if"):
+    for name in ("write", "write_conditional"):
         original = getattr(memory_store, name)
 
         def slow(*args: Any, _original: Any = original) -> Any:
@@ -391,10 +391,18 @@ def test_refresh_sees_a_write_made_through_another_context(memory_store: MemoryK
     vol = create(memory_store)
     vol[...] = 1
     spec = {"driver": "neuroglancer_precomputed", "kvstore": {"driver": "memory"}}
-    reader = precomputed.open(spec, kvstore=memory_store, context=precomputed.Context())
+    # recheck_cached_data false: cached chunks are never revalidated, only refresh()
+    # makes the reader forget them.
+    reader = precomputed.open(
+        {**spec, "recheck_cached_data": False}, kvstore=memory_store, context=precomputed.Context()
+    )
+    checking = precomputed.open(spec, kvstore=memory_store, context=precomputed.Context())
     assert (reader.read() == 1).all()  # its own cache now holds every chunk
+    assert (checking.read() == 1).all()
     vol[0:4, 0:4, 0:4, :] = 7  # another context: the reader's cache does not know
     assert (reader[0:4, 0:4, 0:4, :].read() == 1).all()
+    # The default (true) revalidates every cached chunk on every read.
+    assert (checking[0:4, 0:4, 0:4, :].read() == 7).all()
     reader.refresh()
     assert (reader[0:4, 0:4, 0:4, :].read() == 7).all()
     assert (reader[4:16, :, :, :].read() == 1).all()

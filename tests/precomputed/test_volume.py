@@ -513,15 +513,22 @@ def test_a_read_racing_a_write_does_not_cache_the_old_chunk(
     kv, data = filled
     vol = reopen(kv)
     store = vol._h.store
-    original = store.read_chunks
+    # Chunks are read with read_chunks, or read_versioned when the cache keeps their
+    # generation (recheck_cached_data): the first read of either races the write.
+    originals = {name: getattr(store, name) for name in ("read_chunks", "read_versioned")}
 
-    def read_then_concurrent_write(positions: Any, **kw: Any) -> Any:
-        blobs = original(positions, **kw)  # the old bytes are in flight ...
-        monkeypatch.setattr(store, "read_chunks", original)
-        vol[-5:11, 3:19, -2:6, :] = 0  # ... when a write replaces the chunk
-        return blobs
+    def racing(name: str) -> Any:
+        def read_then_concurrent_write(positions: Any, **kw: Any) -> Any:
+            blobs = originals[name](positions, **kw)  # the old bytes are in flight ...
+            for n, f in originals.items():
+                monkeypatch.setattr(store, n, f)
+            vol[-5:11, 3:19, -2:6, :] = 0  # ... when a write replaces the chunk
+            return blobs
 
-    monkeypatch.setattr(store, "read_chunks", read_then_concurrent_write)
+        return read_then_concurrent_write
+
+    for name in originals:
+        monkeypatch.setattr(store, name, racing(name))
     stale = vol[-5:11, 3:19, -2:6, :].read()
     np.testing.assert_array_equal(stale, data[0:16, 0:16, 0:8])  # read began before the write
     assert not vol[-5:11, 3:19, -2:6, :].read().any()  # but the old chunk was not cached

@@ -15,9 +15,11 @@ __all__ = ["ChunkConflict", "CommitResult", "CommitError", "RemeshResult", "plur
 class ChunkConflict:
     """A chunk both this session and another writer changed since the session read it.
 
-    The stored chunk was merged voxel by voxel: the other writer's values where this
-    session did not paint, this session's where it did. ``voxels`` counts the voxels both
-    changed to different values (this session's value was kept)."""
+    The chunk was merged voxel by voxel inside the conditional write that replaced the
+    other writer's version: the other writer's values where this session did not paint,
+    this session's where it did. ``voxels`` counts the voxels both changed to different
+    values: the later commit (this one) wins them, and reports them here; the earlier
+    writer's values there are overwritten."""
 
     position: tuple[int, int, int]
     key: str
@@ -80,6 +82,12 @@ class CommitResult:
     #: The re-meshing of ``touched_ids`` after the commit, when it ran.
     remesh: RemeshResult | None = None
 
+    @property
+    def conflicting_voxels(self) -> int:
+        """Voxels this commit and another writer both changed, to different labels: they
+        hold this commit's labels now (the later commit wins)."""
+        return sum(c.voxels for c in self.conflicts)
+
     def summary(self) -> str:
         text = self._stored_summary()
         if self.remesh is not None and (self.remesh.segment_ids or self.remesh.error):
@@ -102,10 +110,12 @@ class CommitResult:
             parts.append(f"{len(self.downsampled)} coarser scale{plural(len(self.downsampled))} "
                          f"updated ({files} file{plural(files)})")  # fmt: skip
         if self.conflicts:
-            parts.append(
-                f"{len(self.conflicts)} chunk{plural(len(self.conflicts))} also changed by "
-                "another writer (merged)"
-            )
+            n = len(self.conflicts)
+            text = f"{n} chunk{plural(n)} also changed by another writer (merged"
+            voxels = self.conflicting_voxels
+            if voxels:
+                text += f"; {voxels} voxel{plural(voxels)} both changed keep this commit's labels"
+            parts.append(text + ")")
         return ", ".join(parts) + f" in {self.seconds:.2f} s"
 
 

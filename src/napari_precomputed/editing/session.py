@@ -14,11 +14,13 @@ coarser scales of the edited voxels up to date by mode downsampling
 
 * A failed commit keeps every edit not stored; a retry stores them. Edits made while a
   commit runs stay dirty for the next one.
-* Each dirty chunk remembers the stored chunk it was based on. Before writing, the
-  commit brings the dirty chunks up to date with storage (:meth:`Transaction.rebase
-  <precomputed.Transaction.rebase>`): a chunk another writer changed meanwhile is merged
+* Each dirty chunk remembers the stored chunk it was based on. The commit merges inside
+  the conditional write of each shard (or chunk key): against the chunk stored at the
+  very generation being replaced, a chunk another writer changed meanwhile is merged
   voxel by voxel (theirs where we did not paint, ours where we did) and reported as a
-  conflict; a chunk whose edits were all undone is not written at all.
+  conflict; when another writer commits in between, the group is read and merged again
+  (:meth:`Transaction.commit <precomputed.Transaction.commit>` with ``bases``); a chunk
+  whose edits were all undone is not written at all.
 * Removing the layer, or closing the viewer, with uncommitted edits follows the
   unsaved-edit policy (:mod:`.policy`): ask the user (commit / discard / cancel) or,
   without a visible window, the session's ``on_unsaved`` setting.
@@ -355,9 +357,14 @@ class EditSession:
         counter = _ProgressCounter(progress)
         if positions:
             try:
-                self._reconcile(positions, result)
+                bases = self._reconcile(positions)
                 counter.add_total(self.dirty_shards)
-                stats = self.transaction.commit(counter.step, on_committed=self._on_committed)
+                stats = self.transaction.commit(
+                    counter.step,
+                    on_committed=self._on_committed,
+                    bases={self._handle: bases},
+                    on_merged=lambda handle, rebased: self._on_merged(handle, rebased, result),
+                )
             except Exception as e:
                 raise CommitError(commit_failed_message(e, self.dirty_chunks), e) from e
             result.stats = stats
@@ -380,41 +387,33 @@ class EditSession:
         result.seconds = time.perf_counter() - t0
         return result
 
-    def _reconcile(self, positions: list[Vec3], result: CommitResult) -> None:
-        """Bring the dirty chunks up to date with storage before they are written.
+    def _reconcile(self, positions: list[Vec3]) -> dict[Vec3, np.ndarray | None]:
+        """The stored chunk each dirty chunk's edits were based on, for the merge inside
+        the conditional commit (:meth:`Transaction.commit
+        <precomputed.Transaction.commit>` with ``bases``).
 
-        The merge is the driver's (:meth:`Transaction.rebase
-        <precomputed.Transaction.rebase>`, a three-way merge against the stored chunk
-        each edit was based on): unchanged chunks (edits undone) are dropped; chunks
-        another writer changed since we read them are merged voxel by voxel and
-        reported as conflicts; a chunk rewritten while this runs is left alone (the
-        newer edit wins) and not reported.
-
-        What the driver cannot express yet stays here, in this one function: (1) a
-        transaction does not remember what each dirty chunk was based on, so the session
-        captures the bases (``_capture_bases`` after every edit, ``_on_committed`` after
-        a group is stored) and hands them over, and records what the merge changed of
-        them; (2) the merge is a read-then-write, not part of the conditional commit, so
-        a writer who rewrites a shard between this merge and our write still loses that
-        change. Issue 14 moves the merge inside the driver's conditional commit
-        (merging again on a generation conflict), and this function with it."""
+        A transaction does not remember what each dirty chunk was based on, so the
+        session captures the bases (``_capture_bases`` after every edit, ``_on_committed``
+        after a group is stored, ``_on_merged`` when a merge changed them)."""
         self._capture_bases(positions)
         with self._lock:
-            bases = dict(self._bases)
+            return {p: self._bases[p] for p in positions if p in self._bases}
+
+    def _on_merged(self, handle: Any, rebased: list[Any], result: CommitResult) -> None:
+        """A stored group's merge outcomes: conflicts for chunks another writer had
+        changed, and chunks left unwritten (edits undone, or already stored)."""
+        if handle is not self._handle:
+            return
         store = self._handle.store
-        for r in self.transaction.rebase(self._handle, bases, positions, batch=_RECONCILE_BATCH):
-            if r.outcome == "kept":  # storage still holds the base
-                continue
-            if r.outcome != "unchanged":  # merged or superseded: another writer was here
-                conflict = ChunkConflict(r.position, store.describe(r.position), r.conflicts)
-                result.conflicts.append(conflict)
-            with self._lock:
-                if r.outcome == "merged":
-                    self._bases[r.position] = r.stored  # the new base: as stored now
-                else:  # nothing of ours is left to write
-                    self._bases.pop(r.position, None)
-            if r.outcome != "merged":
+        dirty = set(self._dirty())
+        for r in rebased:
+            if r.outcome in ("merged", "superseded"):  # another writer was here
+                result.conflicts.append(ChunkConflict(r.position, store.describe(r.position), r.conflicts))
+            if r.outcome in ("unchanged", "superseded"):
                 result.unchanged += 1
+                if r.position not in dirty:
+                    with self._lock:
+                        self._bases.pop(r.position, None)
 
     def _on_committed(
         self,

@@ -10,18 +10,46 @@ unsharded scales, a shard file for sharded ones). ``commit_group`` rewrites one 
 exactly once (conditionally on the generation it read, where a group holds several
 chunks); :mod:`precomputed.writepath` decides which groups to commit and how many at a
 time. Callers test the capability attributes below, never the store's class.
+
+Consistency: :meth:`ChunkStore.read_versioned` reads encoded chunks together with the
+generation of their group (all bytes of one chunk from one version of its shard), and
+:meth:`ChunkStore.commit_group_with` is the one conditional read-modify-write: it hands
+the stored bytes to a ``rebuild`` callback and writes the group only if its generation is
+still the one read, calling ``rebuild`` again on fresh bytes when another writer got there
+first. Everything that writes a group on top of stored data (partial chunk writes,
+transaction merges) goes through it.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from ..internal.geometry import ChunkGrid, Vec3
-from ..kvstore import KvStore
+from ..kvstore import Generation, KvStore
 
-__all__ = ["ChunkStore", "CommitStats", "join_key"]
+__all__ = ["ChunkStore", "CommitStats", "Rebuild", "Versioned", "join_key", "MAX_COMMIT_RETRIES"]
+
+#: Attempts of a conditional group write that other writers keep beating, before
+#: :class:`~precomputed.errors.ConditionFailedError`.
+MAX_COMMIT_RETRIES = 64
+
+#: ``rebuild(stored) -> updates``: given the stored encoded bytes of the positions a
+#: :meth:`ChunkStore.commit_group_with` asked for (``None``: missing), the encoded bytes
+#: to store (``None``: delete) for any positions of the group. Called once per attempt,
+#: with the bytes of the generation that attempt writes on top of: it must re-apply the
+#: caller's buffered changes to what it is given, keeping no state from a failed attempt.
+Rebuild = Callable[[Mapping[Vec3, "bytes | None"]], Mapping[Vec3, "bytes | None"]]
+
+
+class Versioned(NamedTuple):
+    """An encoded chunk (``None``: missing) and the generation of its group's key it was
+    read from (``NO_VALUE``: the key was missing)."""
+
+    data: bytes | None
+    generation: Generation
 
 
 def join_key(prefix: str, name: str) -> str:
@@ -41,6 +69,9 @@ class CommitStats:
     chunks_deleted: int = 0
     retries: int = 0
     keys: list[str] = field(default_factory=list)
+    #: The generation each written group key has after the commit (``NO_VALUE``:
+    #: deleted), for callers that cache what they wrote.
+    generations: dict[str, Generation] = field(default_factory=dict)
 
     def add(self, other: CommitStats) -> None:
         self.groups_written += other.groups_written
@@ -49,6 +80,7 @@ class CommitStats:
         self.chunks_deleted += other.chunks_deleted
         self.retries += other.retries
         self.keys.extend(other.keys)
+        self.generations.update(other.generations)
 
 
 class ChunkStore(ABC):
@@ -61,6 +93,8 @@ class ChunkStore(ABC):
     #: True when every chunk is one whole object under :meth:`key`: byte ranges of the
     #: key are byte ranges of the chunk, and exact-size reads fill a chunk in place.
     ranged_chunk_reads: bool = False
+    #: Attempts of :meth:`commit_group_with` before it gives up.
+    MAX_COMMIT_RETRIES: int = MAX_COMMIT_RETRIES
 
     def __init__(self, kvstore: KvStore, prefix: str, grid: ChunkGrid) -> None:
         self.kvstore = kvstore
@@ -101,9 +135,40 @@ class ChunkStore(ABC):
     def group_size(self, group: Hashable) -> int:
         """Number of chunks that exist in ``group`` (for whole-group writes)."""
 
-    @abstractmethod
+    def read_versioned(self, positions: Sequence[Vec3]) -> list[Versioned]:
+        """Encoded bytes of each chunk (finished, as :meth:`read_chunks` returns them) with
+        the generation of its group's key they came from. All bytes of one chunk (for
+        shards: index entry, minishard index, data) come from one generation; chunks of
+        one group read in one call share it. A group that keeps changing while it is read
+        raises :class:`~precomputed.errors.ConditionFailedError` naming its key."""
+        raise NotImplementedError
+
+    def group_generation(self, group: Hashable) -> Generation:
+        """The generation the group's key has now (``NO_VALUE``: missing), from
+        metadata only where the store allows (a cheap revalidation)."""
+        return self.kvstore.current_generation(self.group_key(group))
+
     def commit_group(self, group: Hashable, updates: Mapping[Vec3, bytes | None]) -> CommitStats:
-        """Apply ``updates`` (``None`` deletes) to one group, rewriting it exactly once."""
+        """Apply ``updates`` (``None`` deletes) to one group, rewriting it exactly once;
+        other chunks of the group are kept (conditionally on the generation read)."""
+        return self.commit_group_with(group, (), lambda _stored: updates)
+
+    @abstractmethod
+    def commit_group_with(
+        self, group: Hashable, positions: Sequence[Vec3], rebuild: Rebuild
+    ) -> CommitStats:
+        """Conditional read-modify-write of one group.
+
+        Reads the stored bytes of ``positions`` (finished; ``None``: missing) at one
+        generation of the group, calls ``rebuild(stored)`` for the updates, and stores
+        them (with the group's other chunks kept) only if the group still has that
+        generation ("only if absent" when it was missing). When another writer changed
+        the group in between, re-reads and calls ``rebuild`` again, up to
+        :data:`MAX_COMMIT_RETRIES` attempts, then raises
+        :class:`~precomputed.errors.ConditionFailedError` naming the key (nothing of
+        this commit stored). ``positions`` may be empty (updates that need no base):
+        an unsharded chunk is then written without reading it.
+        """
 
     @abstractmethod
     def group_key(self, group: Hashable) -> str:

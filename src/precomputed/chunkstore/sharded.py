@@ -29,21 +29,36 @@ import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 from cachetools import LRUCache
 
 from .. import sharding as sh
 from ..codecs.gzip import DEFAULT_LIMIT
-from ..errors import ConditionFailedError, CorruptDataError, InvalidArgumentError
+from ..errors import (
+    ConditionFailedError,
+    CorruptDataError,
+    GenerationChangedError,
+    InvalidArgumentError,
+)
 from ..internal.geometry import ChunkGrid, Vec3
-from ..kvstore import NO_VALUE, KvStore
-from .base import ChunkStore, CommitStats, join_key
+from ..kvstore import NO_VALUE, Generation, KvStore
+from .base import MAX_COMMIT_RETRIES, ChunkStore, CommitStats, Rebuild, Versioned, join_key
 
 __all__ = ["Location", "Placement", "ShardedIdStore", "ShardedChunkStore", "shard_number"]
 
 _U64_MAX = (1 << 64) - 1
+_T = TypeVar("_T")
+
+
+class _Stale(Exception):
+    """A read found index data of one shard from two generations: start again."""
+
+    def __init__(self, shards: set[int], changed: dict[str, Any]) -> None:
+        super().__init__(shards)
+        self.shards = shards
+        self.changed = changed
 
 
 class Placement(NamedTuple):
@@ -121,8 +136,11 @@ class ShardedIdStore:
     #: Largest shard index read whole on first use (else: largest span of entries read in
     #: one request).
     INDEX_SPAN_BYTES = 64 * 1024
+    #: Reads through the shard index that found the shard changed before the shards are
+    #: read whole instead (:meth:`read_placed`), or, for :meth:`locate_many`, before it gives up.
+    MAX_INDEX_READS = 8
     #: Attempts to rewrite a shard that other writers keep changing before giving up.
-    MAX_COMMIT_RETRIES = 64
+    MAX_COMMIT_RETRIES = MAX_COMMIT_RETRIES
     #: Shards rewritten at once by :meth:`commit` (a scale's chunk commits are scheduled
     #: by :mod:`precomputed.writepath` instead, one :meth:`commit_shard` per group).
     COMMIT_CONCURRENCY = 8
@@ -147,13 +165,15 @@ class ShardedIdStore:
         self._lock = threading.Lock()
         # (shard, minishard) -> set when the thread loading its minishard index is done
         self._loading: dict[tuple[int, int], threading.Event] = {}
-        # (shard, minishard) -> absolute (start, stop) or None (empty minishard / no shard)
-        self._entries: LRUCache[tuple[int, int], tuple[int, int] | None] = LRUCache(
-            self.INDEX_CACHE_ENTRIES
+        # Every cached item carries the generation of the shard it was read from: a read
+        # uses items of one generation only and pins its data ranges to it.
+        # (shard, minishard) -> (generation, absolute (start, stop) or None: empty / no shard)
+        self._entries: LRUCache[tuple[int, int], tuple[Generation, tuple[int, int] | None]] = (
+            LRUCache(self.INDEX_CACHE_ENTRIES)
         )
-        # (shard, minishard) -> {chunk id: (start, stop)}
-        self._minishards: LRUCache[tuple[int, int], dict[int, tuple[int, int]]] = LRUCache(
-            self.INDEX_CACHE_ENTRIES
+        # (shard, minishard) -> (generation, {chunk id: (start, stop)})
+        self._minishards: LRUCache[tuple[int, int], tuple[Generation, dict[int, tuple[int, int]]]] = (
+            LRUCache(self.INDEX_CACHE_ENTRIES)
         )
 
     def __repr__(self) -> str:
@@ -202,7 +222,7 @@ class ShardedIdStore:
         if not len(ids):
             return []
         p = self.place(ids)
-        return self._locate(range(len(p.ids)), p)
+        return self._consistently(p, range(len(p.ids)), lambda: self._locate(range(len(p.ids)), p)[0])
 
     def read_many(
         self, ids: Sequence[int] | np.ndarray, *, deferred: bool = False
@@ -214,20 +234,50 @@ class ShardedIdStore:
         return self.read_placed(self.place(ids), deferred=deferred)
 
     def read_placed(
-        self, p: Placement, *, whole: Iterable[int] = (), deferred: bool = False
+        self,
+        p: Placement,
+        *,
+        whole: Iterable[int] = (),
+        deferred: bool = False,
+        generations: dict[int, Generation] | None = None,
     ) -> list[bytes | None]:
         """:meth:`read_many` for placed ids; shards in ``whole`` (every chunk of them is
         wanted) are read in one request each. With ``deferred`` the shard data encoding is
-        left on the bytes for :meth:`finish` (so callers spread it over their threads)."""
+        left on the bytes for :meth:`finish` (so callers spread it over their threads).
+
+        Every id's bytes (index entry, minishard index, data) come from one generation of
+        its shard, ids of one shard from the same one: the data ranges are read pinned to
+        the generation the (cached) indices came from, and when the shard changed the
+        read starts again from its index (after :attr:`MAX_INDEX_READS` such attempts the
+        shards are read whole, one request each: always one version). ``generations``
+        (a dict to fill): the generation of each shard read."""
         ids, shards, minis = p
         out: list[bytes | None] = [None] * len(ids)
         whole = set(whole)
         rest = [i for i in range(len(ids)) if int(shards[i]) not in whole]
         if whole:
-            self._read_whole_shards(whole, ids, shards, out, deferred)
+            self._read_whole_shards(whole, ids, shards, out, deferred, generations)
         if rest:
-            self._read_via_indices(rest, p, out, deferred)
+            self._read_via_indices(rest, p, out, deferred, generations)
         return out
+
+    def read_versioned(self, ids: Sequence[int] | np.ndarray) -> list[tuple[bytes | None, Generation]]:
+        """Each id's value (``None``: absent, shard data encoding removed) with the
+        generation of its shard it was read from. Cached index data of a shard whose
+        generation changed is dropped first (one metadata check per shard), so an
+        absent id is absent in the shard's current version, not in a cached one."""
+        if not len(ids):
+            return []
+        p = self.place(ids)
+        shards = sorted({int(s) for s in p.shards})
+        with self._lock:
+            cached = {k[0]: v[0] for k, v in self._entries.items() if k[0] in shards}
+        stale = [s for s, g in cached.items() if self.kvstore.current_generation(self.shard_key(s)) != g]
+        if stale:
+            self.invalidate(stale)
+        gens: dict[int, Generation] = {}
+        blobs = self.read_placed(p, generations=gens)
+        return [(b, gens.get(int(s), NO_VALUE)) for b, s in zip(blobs, p.shards, strict=True)]
 
     def finish(self, blob: bytes, chunk_id: Callable[[], int]) -> bytes:
         """Remove the shard data encoding from a deferred read; ``chunk_id()`` names the
@@ -262,8 +312,11 @@ class ShardedIdStore:
             blob, self.spec, f'id {id_} in "{loc.key}"', self.max_value_bytes
         )
 
-    def _locate(self, idx: Iterable[int], p: Placement) -> list[Location | None]:
-        """Locations of the placed ids at positions ``idx`` of ``p``."""
+    def _locate(
+        self, idx: Iterable[int], p: Placement
+    ) -> tuple[list[Location | None], dict[int, Generation]]:
+        """Locations of the placed ids at positions ``idx`` of ``p``, and the generation of
+        each shard they lie in (:class:`_Stale` when a shard's index data came from two)."""
         ids, shards, minis = p
         idx = list(idx)
         # (shard, minishard) -> a requested chunk id in it, to name in error messages.
@@ -271,11 +324,18 @@ class ShardedIdStore:
         for i in idx:
             wanted.setdefault((int(shards[i]), int(minis[i])), int(ids[i]))
         tables = self._minishard_tables(wanted)
+        gens: dict[int, Generation] = {}
+        mixed: set[int] = set()
+        for (s, _), (gen, _) in tables.items():
+            if gens.setdefault(s, gen) != gen:
+                mixed.add(s)
+        if mixed:
+            raise _Stale(mixed, {})
         keys: dict[int, str] = {}
         out: list[Location | None] = []
         for i in idx:
             s = int(shards[i])
-            rng = tables[(s, int(minis[i]))].get(int(ids[i]))
+            rng = tables[(s, int(minis[i]))][1].get(int(ids[i]))
             if rng is None:
                 out.append(None)
                 continue
@@ -283,7 +343,35 @@ class ShardedIdStore:
             if key is None:
                 key = keys[s] = self.shard_key(s)
             out.append(Location(key, *rng))
-        return out
+        return out, gens
+
+    def _consistently(self, p: Placement, idx: Iterable[int], attempt: Callable[[], _T]) -> _T:
+        """Run ``attempt`` (a read of placed ids at ``idx``) until it sees one generation
+        per shard: after a :class:`_Stale` or a :class:`GenerationChangedError` the shards
+        that changed are forgotten and it runs again, at most :attr:`MAX_INDEX_READS` times
+        (then :class:`ConditionFailedError` naming the shards)."""
+        tries = 0
+        while True:
+            try:
+                return attempt()
+            except (_Stale, GenerationChangedError) as e:
+                changed = self._changed_shards(e, p, idx)
+                self.invalidate(changed)
+                tries += 1
+                if tries >= self.MAX_INDEX_READS:
+                    names = ", ".join(f'"{self.shard_key(s)}"' for s in sorted(changed))
+                    raise ConditionFailedError(
+                        f"Error reading {names}: changed while being read on each of "
+                        f"{tries} attempts; giving up"
+                    ) from None
+                time.sleep(random.uniform(0, 0.0005 * (1 << min(tries, 6))))
+
+    def _changed_shards(self, e: Exception, p: Placement, idx: Iterable[int]) -> set[int]:
+        if isinstance(e, _Stale):
+            return e.shards
+        assert isinstance(e, GenerationChangedError)
+        by_key = {self.shard_key(int(p.shards[i])): int(p.shards[i]) for i in idx}
+        return {by_key[k] for k in e.changed if k in by_key}
 
     def _read_whole_shards(
         self,
@@ -292,9 +380,15 @@ class ShardedIdStore:
         shards: np.ndarray,
         out: list[bytes | None],
         deferred: bool = False,
+        generations: dict[int, Generation] | None = None,
     ) -> None:
         order = sorted(whole)
-        blobs = self.kvstore.read_many([self.shard_key(s) for s in order])
+        keys = [self.shard_key(s) for s in order]
+        if generations is None:
+            blobs = self.kvstore.read_many(keys)  # each shard in one request: one version
+        else:
+            blobs, gens = self.kvstore.read_ranges_pinned([(k, 0, None) for k in keys])
+            generations.update({s: gens[k] for s, k in zip(order, keys, strict=True)})
         contents = {}
         for s, blob in zip(order, blobs, strict=True):
             key = self.shard_key(s)
@@ -323,18 +417,33 @@ class ShardedIdStore:
                 out[i] = contents[s].get(int(ids[i]))  # type: ignore[assignment]
 
     def _read_via_indices(
-        self, idx: list[int], p: Placement, out: list[bytes | None], deferred: bool = False
+        self,
+        idx: list[int],
+        p: Placement,
+        out: list[bytes | None],
+        deferred: bool = False,
+        generations: dict[int, Generation] | None = None,
     ) -> None:
-        ids, _, minis = p
-        requests: list[tuple[str, int, int]] = []
-        targets: list[int] = []
-        for i, loc in zip(idx, self._locate(idx, p), strict=True):
-            if loc is not None:
-                requests.append(loc)
-                targets.append(i)
-        if not requests:
-            return
-        blobs = self.kvstore.read_ranges(requests)
+        ids, shards, minis = p
+        tries = 0
+        while True:
+            try:
+                requests, targets, blobs, gens = self._pinned_ranges(idx, p)
+                break
+            except (_Stale, GenerationChangedError) as e:
+                self.invalidate(self._changed_shards(e, p, idx))
+                tries += 1
+                if tries >= self.MAX_INDEX_READS:
+                    # Writers keep replacing the shards: read them whole, one request each.
+                    whole = {int(shards[i]) for i in idx}
+                    tmp: list[bytes | None] = [None] * len(ids)
+                    self._read_whole_shards(whole, ids, shards, tmp, deferred, generations)
+                    for i in idx:
+                        out[i] = tmp[i]
+                    return
+                time.sleep(random.uniform(0, 0.0005 * (1 << min(tries, 6))))
+        if generations is not None:
+            generations.update(gens)
         for i, (shard_key, a, b), blob in zip(targets, requests, blobs, strict=True):
             what = f'chunk {int(ids[i])} in minishard {int(minis[i])} of "{shard_key}"'
             if blob is None or len(blob) != b - a:
@@ -348,9 +457,27 @@ class ShardedIdStore:
                 else sh.decode_chunk_data(blob, self.spec, what, self.max_value_bytes)
             )
 
+    def _pinned_ranges(
+        self, idx: list[int], p: Placement
+    ) -> tuple[list[Location], list[int], list[bytes | None], dict[int, Generation]]:
+        """One attempt of a read through the indices: the data ranges of the ids at
+        ``idx`` read pinned to the generation their index data came from."""
+        locs, gens = self._locate(idx, p)
+        requests: list[Location] = []
+        targets: list[int] = []
+        for i, loc in zip(idx, locs, strict=True):
+            if loc is not None:
+                requests.append(loc)
+                targets.append(i)
+        if not requests:
+            return requests, targets, [], gens
+        pins = {loc.key: gens[int(p.shards[i])] for i, loc in zip(targets, requests, strict=True)}
+        blobs, _ = self.kvstore.read_ranges_pinned(requests, pins)
+        return requests, targets, blobs, gens
+
     def _minishard_tables(
         self, wanted: Mapping[tuple[int, int], int]
-    ) -> dict[tuple[int, int], dict[int, tuple[int, int]]]:
+    ) -> dict[tuple[int, int], tuple[Generation, dict[int, tuple[int, int]]]]:
         """Minishard indices of ``wanted`` (shard, minishard) pairs, from the cache or the
         store. A pair another thread is already loading is waited for, not fetched twice
         (concurrent readers of one shard would otherwise repeat its index requests)."""
@@ -388,14 +515,14 @@ class ShardedIdStore:
 
     def _load_entries(
         self, wanted: Mapping[tuple[int, int], int]
-    ) -> dict[tuple[int, int], tuple[int, int] | None]:
+    ) -> dict[tuple[int, int], tuple[Generation, tuple[int, int] | None]]:
         """Fetch shard index entries (absolute ranges, ``None`` = empty minishard).
 
         One request per shard: the span of the shard index from the first to the last
         entry needed (one entry when one minishard is needed), or one request per entry
         when that span would be large. ``wanted`` maps each key to a chunk id to name.
         """
-        found: dict[tuple[int, int], tuple[int, int] | None] = {}
+        found: dict[tuple[int, int], tuple[Generation, tuple[int, int] | None]] = {}
         if not wanted:
             return found
         by_shard: dict[int, list[int]] = {}
@@ -419,26 +546,30 @@ class ShardedIdStore:
             for group in spans:
                 requests.append((key, 16 * group[0], 16 * (group[-1] + 1)))
                 plan.append((s, group[0], group))
-        blobs = self.kvstore.read_ranges(requests)
+        # All entries of one shard from one generation of it (one descriptor / pinned).
+        blobs, gens = self.kvstore.read_ranges_pinned(requests)
         for (s, lo, ms), (key, a, _), blob in zip(plan, requests, blobs, strict=True):
+            gen = gens[key]
             if blob is None:  # no shard file: every chunk in it is missing
-                found.update({(s, m): None for m in ms})
+                found.update({(s, m): (gen, None) for m in ms})
                 continue
             if whole_index and len(blob) == 16 * n:
-                found.update(self._spare_entries(blob, s, key, set(ms)))
+                found.update(
+                    {k: (gen, v) for k, v in self._spare_entries(blob, s, key, set(ms)).items()}
+                )
             for m in ms:
                 entry = blob[16 * (m - lo) : 16 * (m - lo) + 16]
                 if len(entry) < 16:  # the file ends before this entry: empty or truncated
                     size: int | str = a + len(blob) if blob else self._size(key)
                     if size == 0 or size == "<missing>":
-                        found.update({(s, m): None for m in ms})  # no chunks
+                        found.update({(s, m): (gen, None) for m in ms})  # no chunks
                         break
                     raise CorruptDataError(
                         f'Error reading chunk {wanted[(s, m)]} in minishard {m} of "{key}": '
                         f"Error retrieving shard index entry: Requested byte range "
                         f"[{16 * m}, {16 * m + 16}) is not valid for value of size {size}"
                     )
-                found[(s, m)] = self._entry(entry, s, m, key, wanted)
+                found[(s, m)] = (gen, self._entry(entry, s, m, key, wanted))
         with self._lock:
             self._entries.update(found)
         return found
@@ -470,16 +601,24 @@ class ShardedIdStore:
     def _load_minishards(
         self,
         wanted: Mapping[tuple[int, int], int],
-        entries: Mapping[tuple[int, int], tuple[int, int] | None],
-    ) -> dict[tuple[int, int], dict[int, tuple[int, int]]]:
-        """Fetch and decode minishard indices ``{chunk id: absolute (start, stop)}``."""
-        found: dict[tuple[int, int], dict[int, tuple[int, int]]] = {
-            k: {} for k in wanted if entries[k] is None
+        entries: Mapping[tuple[int, int], tuple[Generation, tuple[int, int] | None]],
+    ) -> dict[tuple[int, int], tuple[Generation, dict[int, tuple[int, int]]]]:
+        """Fetch and decode minishard indices ``{chunk id: absolute (start, stop)}``, each
+        read pinned to the generation its shard index entry came from."""
+        found: dict[tuple[int, int], tuple[Generation, dict[int, tuple[int, int]]]] = {
+            k: (entries[k][0], {}) for k in wanted if entries[k][1] is None
         }
         todo = [k for k in wanted if k not in found]
         if todo:
-            requests = [(self.shard_key(s), *entries[(s, m)]) for s, m in todo]  # type: ignore[misc]
-            blobs = self.kvstore.read_ranges(requests)
+            requests = [(self.shard_key(s), *entries[(s, m)][1]) for s, m in todo]  # type: ignore[misc]
+            pins: dict[str, Generation] = {}
+            mixed: set[int] = set()
+            for (s, m), (key, _, _) in zip(todo, requests, strict=True):
+                if pins.setdefault(key, entries[(s, m)][0]) != entries[(s, m)][0]:
+                    mixed.add(s)
+            if mixed:
+                raise _Stale(mixed, {})
+            blobs, _ = self.kvstore.read_ranges_pinned(requests, pins)
             for (s, m), (key, a, b), blob in zip(todo, requests, blobs, strict=True):
                 cid = wanted[(s, m)]
                 if blob is None or len(blob) != b - a:
@@ -497,7 +636,7 @@ class ShardedIdStore:
                 table: dict[int, tuple[int, int]] = {}
                 for i, x, y in zip(mids.tolist(), starts.tolist(), ends.tolist(), strict=True):
                     table.setdefault(i, (x, y))  # a duplicated id: the first entry wins
-                found[(s, m)] = table
+                found[(s, m)] = (entries[(s, m)][0], table)
         with self._lock:
             self._minishards.update(found)
         return found
@@ -547,8 +686,8 @@ class ShardedIdStore:
 
         Reads the shard (unless ``full``: the updates supply every chunk of it), merges,
         encodes in TensorStore's order and writes conditionally on the generation that was
-        read; if another writer changed the shard in between, re-reads and merges again.
-        This is the one conditional read-modify-write of the chunk layer. A shard that
+        read; if another writer changed the shard in between, re-reads and merges again
+        (:meth:`commit_shard_with` with updates that need no stored value). A shard that
         cannot be parsed is never overwritten (:class:`CorruptDataError`).
 
         ``prefixes`` (``{id: bytes}``) are stored, never encoded, just before the new values
@@ -556,62 +695,126 @@ class ShardedIdStore:
         their prefix only when ``prefix_size(id, value)`` tells its size (default: none,
         so only the indexed bytes survive).
         """
-        key = self.shard_key(shard)
         # Apply the shard data encoding once, outside the retry loop.
         new = {
             int(cid): None if data is None else sh.encode_chunk_data(data, self.spec)
             for cid, data in updates.items()
         }
-        fresh_prefixes: dict[int, bytes | memoryview] = {
-            cid: prefixes[cid]
-            for cid, data in new.items()
-            if data is not None and prefixes and prefixes.get(cid)
-        }
+        return self._commit_shard(
+            shard, (), lambda _stored: new, full=full, encoded=True,
+            prefixes=prefixes, prefix_size=prefix_size,
+        )  # fmt: skip
+
+    def commit_shard_with(
+        self,
+        shard: int,
+        ids: Sequence[int],
+        rebuild: Callable[[Mapping[int, bytes | None]], Mapping[int, bytes | None]],
+    ) -> CommitStats:
+        """Conditional read-modify-write of one shard: ``rebuild({id: stored value or
+        None})`` (values of ``ids`` as stored, shard data encoding removed) returns the
+        updates (id -> value, ``None``: delete); the shard is written only if it still has
+        the generation those values were read from, else re-read and ``rebuild`` called
+        again (up to :data:`MAX_COMMIT_RETRIES` attempts, then
+        :class:`ConditionFailedError` naming the shard). With no ``ids``, ``rebuild`` is
+        called once."""
+        return self._commit_shard(shard, [int(i) for i in ids], rebuild)
+
+    def _commit_shard(
+        self,
+        shard: int,
+        want: Sequence[int],
+        rebuild: Callable[[Mapping[int, bytes | None]], Mapping[int, bytes | None]],
+        *,
+        full: bool = False,
+        encoded: bool = False,
+        prefixes: Mapping[int, bytes] | None = None,
+        prefix_size: Callable[[int, bytes], int] | None = None,
+    ) -> CommitStats:
+        """The one conditional read-modify-write of a shard (see :meth:`commit_shard_with`);
+        ``encoded``: ``rebuild`` returns values already in the shard data encoding;
+        ``full``: its updates replace every chunk (nothing read, written unconditionally)."""
+        key = self.shard_key(shard)
         stats = CommitStats(keys=[key])
+        fixed: dict[int, bytes | None] | None = None
+        if not want:  # the updates need no stored value: compute (and encode) them once
+            fixed = self._encoded(rebuild({}), encoded)
+        new: dict[int, bytes | None] = {} if fixed is None else fixed
         while True:
             kept: dict[int, bytes | memoryview] = {}
             if full:
-                merged: dict[int, bytes | memoryview] = {}
-                generation = None
+                assert fixed is not None
+                new, merged, generation = fixed, {}, None
             else:
                 blob, generation = self.kvstore.read_with_generation(key)
                 # Keep stored chunks in their data encoding (zero-copy views into the old
                 # shard): no gunzip/gzip round trip, and only the old + the new shard in
                 # memory.
                 try:
-                    merged = {} if not blob else self._stored(blob, key, new, prefix_size, kept)
+                    entries = (
+                        {}
+                        if not blob
+                        else sh.shard_entries(
+                            blob, self.spec, key, max_entries=self.max_minishard_entries
+                        )
+                    )
+                    view = memoryview(blob) if blob else memoryview(b"")
+                    if fixed is not None:
+                        new = fixed
+                    else:
+                        stored = {
+                            cid: None
+                            if cid not in entries
+                            else self.decode_value(cid, Location(key, *entries[cid]), view[slice(*entries[cid])])
+                            for cid in want
+                        }  # fmt: skip
+                        new = self._encoded(rebuild(stored), encoded)
+                    merged = self._stored(view, key, entries, new, prefix_size, kept)
                 except CorruptDataError as e:
+                    if want:
+                        # A read-modify-write fails as a read of its chunks would, naming
+                        # the chunk whose stored bytes are bad.
+                        self.invalidate([shard])
+                        self.read_many(want)
                     raise CorruptDataError(
-                        f'Cannot write {_ids_text(new)} to shard "{key}" (nothing was '
+                        f'Cannot write {_ids_text(list(new) or want)} to shard "{key}" (nothing was '
                         f"written): the existing shard is corrupt: {e}"
                     ) from None
-                del blob
+                del blob, view
             for cid, data in new.items():
                 if data is None:
                     merged.pop(cid, None)
                 else:
                     merged[cid] = data
-            kept.update(fresh_prefixes)
-            encoded = (
+            if prefixes:
+                kept.update(
+                    {
+                        cid: prefixes[cid]
+                        for cid, d in new.items()
+                        if d is not None and prefixes.get(cid)
+                    }
+                )
+            data_out = (
                 sh.encode_shard(merged, self.spec, data_encoded=True, prefixes=kept or None)
                 if merged
                 else None
             )
             del merged, kept
+            gen: Generation | None
             if generation is None:
-                if encoded is None:
+                if data_out is None:
                     self.kvstore.delete(key)
+                    gen = NO_VALUE
                 else:
-                    self.kvstore.write(key, encoded)
-                ok = True
-            elif encoded is None and generation == NO_VALUE:
-                ok = True  # nothing stored before, nothing to store now
+                    gen = self.kvstore.write(key, data_out) or NO_VALUE
+            elif data_out is None and generation == NO_VALUE:
+                gen = NO_VALUE  # nothing stored before, nothing to store now
             else:
-                ok = self.kvstore.write_if(key, encoded, generation)
-            if ok:
+                gen = self.kvstore.write_conditional(key, data_out, generation)
+            if gen is not None:
                 break
             # Another writer changed the shard since we read it: read and merge again.
-            encoded = None
+            data_out = None
             stats.retries += 1
             if stats.retries >= self.MAX_COMMIT_RETRIES:
                 raise ConditionFailedError(
@@ -620,7 +823,8 @@ class ShardedIdStore:
                 )
             time.sleep(random.uniform(0, min(0.2, 0.001 * (1 << min(stats.retries, 8)))))
         self.invalidate([shard])
-        if encoded is None:
+        stats.generations[key] = gen
+        if data_out is None:
             stats.groups_deleted += 1
         else:
             stats.groups_written += 1
@@ -628,21 +832,29 @@ class ShardedIdStore:
         stats.chunks_deleted = len(new) - stats.chunks_written
         return stats
 
+    def _encoded(
+        self, updates: Mapping[int, bytes | None], encoded: bool
+    ) -> dict[int, bytes | None]:
+        """``updates`` with int ids, in the shard data encoding."""
+        if encoded:
+            return {int(cid): data for cid, data in updates.items()}
+        return {
+            int(cid): None if data is None else sh.encode_chunk_data(data, self.spec)
+            for cid, data in updates.items()
+        }
+
     def _stored(
         self,
-        blob: bytes,
+        view: memoryview,
         key: str,
+        entries: Mapping[int, tuple[int, int]],
         replaced: Mapping[int, object],
         prefix_size: Callable[[int, bytes], int] | None,
         prefixes: dict[int, bytes | memoryview],
     ) -> dict[int, bytes | memoryview]:
-        """The entries of a stored shard as views into ``blob`` (validated as TensorStore's
-        write path does); with ``prefix_size``, the unindexed prefixes of the entries not
-        ``replaced`` are added to ``prefixes`` (views too)."""
-        view = memoryview(blob)
-        entries = sh.shard_entries(
-            blob, self.spec, key, max_entries=self.max_minishard_entries
-        )
+        """The ``entries`` of a stored shard (validated as TensorStore's write path does) as
+        views into its bytes ``view``; with ``prefix_size``, the unindexed prefixes of the
+        entries not ``replaced`` are added to ``prefixes`` (views too)."""
         if prefix_size is not None:
             for cid, (a, b) in entries.items():
                 if cid in replaced:
@@ -739,6 +951,12 @@ class ShardedChunkStore(ChunkStore):
         p = self.placement(positions)
         return self.ids.read_placed(p, whole=self._whole_shards(p.shards), deferred=deferred)
 
+    def read_versioned(self, positions: Sequence[Vec3]) -> list[Versioned]:
+        if not len(positions):
+            return []
+        got = self.ids.read_versioned(self.chunk_ids(list(positions)))
+        return [Versioned(data, gen) for data, gen in got]
+
     def finish(self, pos: Vec3, blob: bytes) -> bytes:
         """Remove the shard data encoding from a deferred read."""
         return self.ids.finish(blob, lambda: int(self.chunk_ids([pos])[0]))
@@ -760,8 +978,26 @@ class ShardedChunkStore(ChunkStore):
         :meth:`ShardedIdStore.commit_shard`); a write of every chunk of a rectangular
         shard does not read it first."""
         shard = shard_number(group)
-        ids = [int(i) for i in self.chunk_ids(list(updates))]
+        ids = [int(i) for i in self.chunk_ids(list(updates))] if updates else []
         full = self.rectangular_groups and len(ids) == self.group_size(shard)
         return self.ids.commit_shard(
             shard, dict(zip(ids, updates.values(), strict=True)), full=full
         )
+
+    def commit_group_with(
+        self, group: Hashable, positions: Sequence[Vec3], rebuild: Rebuild
+    ) -> CommitStats:
+        shard = shard_number(group)
+        if not positions:
+            return self.commit_group(group, rebuild({}))
+        want = [int(i) for i in self.chunk_ids(list(positions))]
+        pos_of: dict[int, Vec3] = dict(zip(want, positions, strict=True))
+
+        def rebuild_ids(stored: Mapping[int, bytes | None]) -> dict[int, bytes | None]:
+            updates = rebuild({pos_of[cid]: blob for cid, blob in stored.items()})
+            if not updates:
+                return {}
+            ids = self.chunk_ids(list(updates)).tolist()
+            return {int(cid): blob for cid, blob in zip(ids, updates.values(), strict=True)}
+
+        return self.ids.commit_shard_with(shard, want, rebuild_ids)

@@ -3,14 +3,16 @@ compressed forms of it)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping, Sequence
+import random
+import time
+from collections.abc import Callable, Hashable, Sequence
 
 from ..codecs.compression import SUFFIXES, inflate, inflate_limited, sniff
 from ..codecs.gzip import DEFAULT_LIMIT, too_large
-from ..errors import CorruptDataError
+from ..errors import ConditionFailedError, CorruptDataError
 from ..internal.geometry import ChunkGrid, Vec3
-from ..kvstore import KvStore
-from .base import ChunkStore, CommitStats, join_key
+from ..kvstore import NO_VALUE, Generation, KvStore
+from .base import ChunkStore, CommitStats, Rebuild, Versioned, join_key
 
 __all__ = ["UnshardedChunkStore", "SizeBounds"]
 
@@ -126,19 +128,84 @@ class UnshardedChunkStore(ChunkStore):
             todo = [p for p, b in zip(todo, blobs, strict=True) if b is None]
         return found
 
-    def commit_group(self, group: Hashable, updates: Mapping[Vec3, bytes | None]) -> CommitStats:
-        stats = CommitStats()
-        for pos, data in updates.items():
+    def read_versioned(self, positions: Sequence[Vec3]) -> list[Versioned]:
+        out: list[Versioned] = []
+        for pos in positions:
             key = self.key(pos)
-            if data is None:
-                self.kvstore.delete(key)
-                if self._try_suffixes:
-                    self.kvstore.delete_many([key + suffix for suffix in SUFFIXES])
-                stats.chunks_deleted += 1
-                stats.groups_deleted += 1
+            data, gen = self.kvstore.read_with_generation(key)
+            if data is not None:
+                out.append(Versioned(self.finish(pos, data), gen))
+                continue
+            # Missing under the plain key: CloudVolume's compressed twin, if any, is the
+            # stored chunk; a write goes to the plain key "only if absent" (NO_VALUE).
+            if self._try_suffixes:
+                for suffix, method in SUFFIXES.items():
+                    twin = self.kvstore.read(key + suffix)
+                    if twin is not None:
+                        _, most = self.sizes(pos)
+                        data = inflate(twin, method, most, f'"{key + suffix}"')
+                        break
+            out.append(Versioned(data, gen))
+        return out
+
+    def commit_group_with(
+        self, group: Hashable, positions: Sequence[Vec3], rebuild: Rebuild
+    ) -> CommitStats:
+        pos: Vec3 = tuple(group)  # type: ignore[arg-type, assignment]
+        key = self.key(pos)
+        stats = CommitStats(keys=[key])
+        updates = None if positions else rebuild({})
+        while True:
+            if updates is None or positions:
+                got = self.read_versioned([pos])[0]
+                expected: Generation | None = got.generation
+                updates = rebuild({p: got.data for p in positions})
             else:
-                self.kvstore.write(key, data)
-                stats.chunks_written += 1
-                stats.groups_written += 1
-            stats.keys.append(key)
+                expected = None  # nothing read: nothing another writer could invalidate
+            extra = [p for p in updates if tuple(p) != pos]
+            if extra:
+                raise ValueError(f"chunk {key!r}: updates for other chunks {extra[:3]}")
+            if pos not in updates:
+                return stats  # nothing to store
+            data = updates[pos]
+            if expected is None:
+                if data is None:
+                    self.kvstore.delete(key)
+                    gen: Generation | None = NO_VALUE
+                else:
+                    gen = self.kvstore.write(key, data) or NO_VALUE
+            else:
+                gen = self.kvstore.write_conditional(key, data, expected)
+            if gen is not None:
+                break
+            stats.retries += 1
+            if stats.retries >= self.MAX_COMMIT_RETRIES:
+                raise ConditionFailedError(
+                    f'Error writing chunk "{key}": it changed concurrently on each of '
+                    f"{stats.retries} attempts; giving up (the edits are not stored)"
+                )
+            _backoff(stats.retries)
+        # CloudVolume's readers of local files prefer a compressed twin over the plain
+        # key: after the plain key is written (or deleted) no stale twin may remain.
+        if self._try_suffixes:
+            self._drop_twins(key)
+        stats.generations[key] = gen
+        if data is None:
+            stats.chunks_deleted += 1
+            stats.groups_deleted += 1
+        else:
+            stats.chunks_written += 1
+            stats.groups_written += 1
         return stats
+
+    def _drop_twins(self, key: str) -> None:
+        """Delete CloudVolume's compressed twins of ``key`` that exist (a metadata check
+        each: these stores answer a miss at once)."""
+        twins = [key + s for s in SUFFIXES if self.kvstore.current_generation(key + s) != NO_VALUE]
+        if twins:
+            self.kvstore.delete_many(twins)
+
+
+def _backoff(attempt: int) -> None:
+    """Sleep a little (random, growing with ``attempt``) before retrying a write."""
+    time.sleep(random.uniform(0, min(0.2, 0.001 * (1 << min(attempt, 8)))))

@@ -267,9 +267,14 @@ class KvStore(ABC):
         self,
         requests: Sequence[RangeRequest],
         generations: Mapping[str, Generation] | None = None,
+        sizes: dict[str, int] | None = None,
     ) -> tuple[list[bytes | None], dict[str, Generation]]:
         """Byte ranges like :meth:`read_ranges`, where all ranges of one key come from
         one generation of it.
+
+        When ``sizes`` is given, it receives the size in bytes of every object read, of
+        the generation returned and taken from the same answers (as
+        :meth:`read_ranges_sized`); a key it lacks was missing or of unknown size.
 
         Returns the bytes (``None`` for a missing key) and, for every key requested,
         the generation they came from (``NO_VALUE`` when missing). A key listed in
@@ -289,9 +294,13 @@ class KvStore(ABC):
         merged, parts = coalesce_ranges(requests, self.coalesce_gap, self.coalesce_limit)
         for k, a, b in merged:
             self._record("read_range", k, a, b)
+        found: dict[str, int] = {}
         blobs, got, changed = self._guard(
-            "reading", _keys_of(k for k, _, _ in requests), self._read_ranges_pinned, merged, pins
+            "reading", _keys_of(k for k, _, _ in requests), self._read_ranges_pinned, merged, pins,
+            found,
         )
+        if sizes is not None:
+            sizes.update((k, n) for k, n in found.items() if k in got and k not in changed)
         out = _split(requests, parts, blobs)
         if changed:
             for k in changed:
@@ -474,14 +483,21 @@ class KvStore(ABC):
     # Generations: correct defaults built on whole reads; backends override them with
     # pinned range reads, conditional requests and metadata checks.
     def _read_ranges_pinned(
-        self, requests: builtins.list[RangeRequest], pins: dict[str, Generation]
+        self,
+        requests: builtins.list[RangeRequest],
+        pins: dict[str, Generation],
+        sizes: dict[str, int],
     ) -> tuple[builtins.list[bytes | None], dict[str, Generation], dict[str, Generation | None]]:
         """Hook of :meth:`read_ranges_pinned`: ``(bytes per request, generation per
-        key read, {key: generation found} for pinned keys that changed)``."""
+        key read, {key: generation found} for pinned keys that changed)``; fills
+        ``sizes`` with the size of each object read, where known."""
         whole: dict[str, tuple[bytes | None, Generation]] = {}
         for k, _, _ in requests:
             if k not in whole:
                 whole[k] = self._read_with_generation(k)
+                data = whole[k][0]
+                if data is not None:
+                    sizes[k] = len(data)
         changed: dict[str, Generation | None] = {
             k: gen for k, (_, gen) in whole.items() if k in pins and pins[k] not in (gen, UNVERSIONED)
         }

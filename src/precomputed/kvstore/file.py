@@ -261,7 +261,11 @@ class FileKvStore(KvStore):
             return None, NO_VALUE
 
     def _pinned_of(
-        self, key: str, ranges: list[tuple[int, int | None]], pin: Generation | None
+        self,
+        key: str,
+        ranges: list[tuple[int, int | None]],
+        pin: Generation | None,
+        sizes: dict[str, int],
     ) -> tuple[list[bytes | None], Generation, bool]:
         """Ranges of one file through one descriptor, with the generation ``fstat`` of
         that descriptor reports; the last item is False when ``pin`` differs."""
@@ -276,7 +280,7 @@ class FileKvStore(KvStore):
             gen = _generation(st)
             if pin is not None and pin != gen:
                 return [None] * len(ranges), gen, False
-            size = st.st_size
+            size = sizes[key] = st.st_size
             out: list[bytes | None] = []
             for start, stop in ranges:
                 a, b, _ = slice(start, stop).indices(size)
@@ -286,7 +290,7 @@ class FileKvStore(KvStore):
             os.close(fd)
 
     def _read_ranges_pinned(
-        self, requests: list[RangeRequest], pins: dict[str, Generation]
+        self, requests: list[RangeRequest], pins: dict[str, Generation], sizes: dict[str, int]
     ) -> tuple[list[bytes | None], dict[str, Generation], dict[str, Generation | None]]:
         by_key: dict[str, list[int]] = {}
         for i, (k, _, _) in enumerate(requests):
@@ -295,7 +299,7 @@ class FileKvStore(KvStore):
         gens: dict[str, Generation] = {}
         changed: dict[str, Generation | None] = {}
         for k, idx in by_key.items():
-            blobs, gen, ok = self._pinned_of(k, [requests[i][1:] for i in idx], pins.get(k))
+            blobs, gen, ok = self._pinned_of(k, [requests[i][1:] for i in idx], pins.get(k), sizes)
             if not ok:
                 changed[k] = gen
                 continue

@@ -109,7 +109,7 @@ class MemoryKvStore(KvStore):
     # Every write stores a new MemoryFile, so one file object is one generation: ranges
     # taken from the object fetched once are all of that generation.
     def _read_ranges_pinned(
-        self, requests: list[RangeRequest], pins: dict[str, Generation]
+        self, requests: list[RangeRequest], pins: dict[str, Generation], sizes: dict[str, int]
     ) -> tuple[list[bytes | None], dict[str, Generation], dict[str, Generation | None]]:
         files: dict[str, MemoryFile | None] = {}
         gens: dict[str, Generation] = {}
@@ -122,6 +122,9 @@ class MemoryKvStore(KvStore):
                     changed[k] = gen
                 else:
                     gens[k] = gen
+                    if f is not None:
+                        with f.getbuffer() as view:
+                            sizes[k] = view.nbytes
         out: list[bytes | None] = []
         for k, a, b in requests:
             f = files[k]

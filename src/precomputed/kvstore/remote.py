@@ -380,7 +380,7 @@ class RemoteKvStore(KvStore):
         return self._run(self._a_read_with_generation, key)
 
     def _read_ranges_pinned(
-        self, requests: list[RangeRequest], pins: dict[str, Generation]
+        self, requests: list[RangeRequest], pins: dict[str, Generation], sizes: dict[str, int]
     ) -> tuple[list[bytes | None], dict[str, Generation], dict[str, Generation | None]]:
         by_key: dict[str, list[int]] = {}
         for i, (k, _, _) in enumerate(requests):
@@ -409,6 +409,9 @@ class RemoteKvStore(KvStore):
                         continue
                     gens = [self._seen_generation(g.generation) for g in gots]
                     if len(set(gens)) == 1:
+                        known = {g.size for g in gots if g.size is not None}
+                        if len(known) == 1:  # one version: one size
+                            sizes[k] = known.pop()
                         return [g.data for g in gots], gens[0]
                     pin = found = gens[0]  # mixed versions: hold the rest to the first
                 return None, found

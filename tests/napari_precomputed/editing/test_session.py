@@ -211,19 +211,20 @@ def test_edits_made_while_a_commit_runs_are_kept(
     data = session.layer.data
     data[0, 0:4, 0:4] = 40  # chunk (0, 0, 0)
     store = session.volume._h.store
-    real = store.commit_group
+    # The commit merges inside the store's conditional group write (commit_group_with).
+    real = store.commit_group_with
     calls: list[Any] = []
 
-    def commit_group(group: Any, updates: Any) -> Any:
+    def commit_group_with(group: Any, positions: Any, rebuild: Any) -> Any:
         if not calls:  # while the first chunk is being stored, the user paints on
             data[0, 8:12, 8:12] = 41  # the same chunk
             data[8, 40:44, 40:44] = 42  # another chunk
         calls.append(group)
-        return real(group, updates)
+        return real(group, positions, rebuild)
 
-    store.commit_group = commit_group
+    store.commit_group_with = commit_group_with
     session.commit(downsample=False)
-    store.commit_group = real
+    store.commit_group_with = real
     assert session.dirty_chunks == 2  # both later edits are still pending
     session.commit(downsample=False)
     stored, _ = ts_read(path, 0)

@@ -484,7 +484,7 @@ def test_writer_gives_up_after_too_many_conflicts_and_writes_nothing(
     vol = create(memory_store, SIZE, CHUNK, RECT)
     vol[...] = 1
     before = memory_store.read(SHARD_DIR + "0.shard")
-    monkeypatch.setattr(memory_store, "write_if", lambda key, data, gen: False)
+    monkeypatch.setattr(memory_store, "write_conditional", lambda key, data, gen: None)
     with pytest.raises(ConditionFailedError, match=r'"1_1_1/0\.shard".*3 attempts'):
         vol[0:4, 0:4, 0:4, :] = 2
     assert memory_store.read(SHARD_DIR + "0.shard") == before

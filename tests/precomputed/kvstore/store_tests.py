@@ -122,6 +122,30 @@ class ReadableStoreTests:
         assert sizes == {"k": len(DATA), "small": 3, "empty": 0}
         assert store.read_ranges_sized([]) == ([], {})
 
+    def test_pinned_range_reads_report_the_size_of_the_version_read(
+        self, store: KvStore, put: Any
+    ) -> None:
+        put("k", DATA)
+        put("small", b"abc")
+        put("empty", b"")
+        reqs = [
+            ("k", 10, 20), ("missing", 0, 4), ("k", 900, 1100), ("small", 1, 2),
+            ("empty", 0, 8), ("small", -2, None), ("k", 500, 510),
+        ]
+        sizes: dict[str, int] = {}
+        blobs, gens = store.read_ranges_pinned(reqs, sizes=sizes)
+        assert blobs == [DATA[10:20], None, DATA[900:], b"b", b"", b"bc", DATA[500:510]]
+        assert sizes == {"k": len(DATA), "small": 3, "empty": 0}
+        # pinned to the generation just read, after a replacement: a changed key has no size
+        put("small", b"abcdef")
+        sizes = {}
+        with pytest.raises(GenerationChangedError):
+            store.read_ranges_pinned([("small", 0, 2), ("k", 0, 4)], gens, sizes=sizes)
+        assert "small" not in sizes
+        sizes = {}
+        store.read_ranges_pinned([("small", 0, 2)], sizes=sizes)
+        assert sizes == {"small": 6}
+
     def test_sized_range_reads_cost_only_the_range_requests(self, store: KvStore, put: Any) -> None:
         put("k", DATA)
         store.request_log = []
