@@ -103,9 +103,11 @@ def write_box(
                 txn.put(scale, pos, chunks[pos])
         return None
 
-    full: dict[Vec3, np.ndarray] = {}  # built once, reused by every attempt
-
-    def build(members: list[Vec3], stored: Mapping[Vec3, np.ndarray | None]) -> dict[Vec3, np.ndarray]:
+    def build(
+        members: list[Vec3], stored: Mapping[Vec3, np.ndarray | None]
+    ) -> dict[Vec3, np.ndarray]:
+        # Built afresh by every attempt (a retry is rare) and dropped with the group, so
+        # memory stays near the groups in flight, not the whole write.
         out: dict[Vec3, np.ndarray] = {}
         for pos in members:
             if pos in stored:  # partial: on top of what is stored now (missing: zeros)
@@ -115,12 +117,9 @@ def write_box(
                     if old is None
                     else np.array(old, dtype=scale.dtype, order="C")
                 )
-                place(pos, chunk)
             else:
-                chunk = full.get(pos)  # type: ignore[assignment]
-                if chunk is None:
-                    chunk = full[pos] = np.empty(scale.chunk_shape(pos), scale.dtype)
-                    place(pos, chunk)
+                chunk = np.empty(scale.chunk_shape(pos), scale.dtype)
+            place(pos, chunk)
             out[pos] = chunk
         return out
 

@@ -269,10 +269,19 @@ class ShardedIdStore:
         if not len(ids):
             return []
         p = self.place(ids)
-        shards = sorted({int(s) for s in p.shards})
+        wanted = {(int(s), int(m)) for s, m in zip(p.shards, p.minishards, strict=True)}
+        cached: dict[int, set[Generation]] = {}  # shard -> generations of its cached data
         with self._lock:
-            cached = {k[0]: v[0] for k, v in self._entries.items() if k[0] in shards}
-        stale = [s for s, g in cached.items() if self.kvstore.current_generation(self.shard_key(s)) != g]
+            for k in wanted:
+                for cache in (self._entries, self._minishards):
+                    hit = cache.get(k)
+                    if hit is not None:
+                        cached.setdefault(k[0], set()).add(hit[0])
+        stale = [
+            s
+            for s, gens in cached.items()
+            if len(gens) > 1 or self.kvstore.current_generation(self.shard_key(s)) not in gens
+        ]
         if stale:
             self.invalidate(stale)
         gens: dict[int, Generation] = {}

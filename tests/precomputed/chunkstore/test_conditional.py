@@ -313,3 +313,39 @@ def test_a_shard_that_changes_on_every_index_read_is_read_whole(
     got = vol[0:4, 0:4, 0:4].read()
     assert (got == got.flat[0]).all() and int(got.flat[0]) == rounds[0]  # one version
     assert rounds[0] - 1 == store.ids.MAX_INDEX_READS
+
+
+def test_a_direct_write_holds_only_the_groups_in_flight(memory_store: MemoryKvStore) -> None:
+    """Chunks built for a group are dropped once it is stored (a retry builds them
+    again): writing 512 chunks of 128 KiB holds a few groups' worth, not the whole write."""
+    import tracemalloc
+
+    from precomputed.writepath import GROUP_CONCURRENCY
+
+    spec = {
+        "driver": "neuroglancer_precomputed",
+        "kvstore": {"driver": "memory"},
+        "multiscale_metadata": {"data_type": "uint16", "num_channels": 1, "type": "image"},
+        "scale_metadata": {
+            "size": [512, 512, 128],
+            "chunk_size": [64, 64, 16],
+            "encoding": "raw",
+            "resolution": [1, 1, 1],
+        },
+    }
+    vol = precomputed.open(
+        spec, create=True, kvstore=memory_store, context=precomputed.Context(cache_bytes=0)
+    )
+    data = np.ones((512, 512, 128, 1), np.uint16)  # 64 MiB, 512 chunks of 128 KiB
+    chunk = 64 * 64 * 16 * 2
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        vol[...] = data
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    # Each group in flight: its chunk, its encoding and the stored copy (the memory store
+    # keeps the bytes: 512 chunks stay stored, counted once each).
+    stored = 512 * chunk
+    assert peak <= stored + 4 * GROUP_CONCURRENCY * chunk + (1 << 20), peak / chunk
