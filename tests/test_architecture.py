@@ -42,7 +42,7 @@ DRIVER_LAYERS: list[tuple[str, list[str]]] = [
     ("one scale", ["cache", "context", "scale", "readpath", "writepath", "transaction"]),
     # dask sits below volume (not with the builders): Volume.to_dask and the package's
     # public store/to_dask call it, and it needs only a view's public surface.
-    ("arrays", ["views", "dask", "volume"]),
+    ("arrays", ["views", "dask", "reprs", "volume"]),
     ("face", ["driver", ""]),
     ("builders", [
         "downsample",

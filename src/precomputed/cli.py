@@ -50,20 +50,9 @@ def _grid(s: ScaleMetadata) -> tuple[int, int, int]:
 def describe_sharding(s: ScaleMetadata) -> str:
     """The scale's sharding in words: ``"-"`` (one file per chunk) or e.g. ``"32 shard
     files x 8 minishards"``."""
-    sd = s.sharding
-    if sd is None:
-        return "-"
-    from .sharding import morton_bits
+    from .reprs import sharding_in_words
 
-    bits = sum(morton_bits(s.size, s.chunk_sizes[0]))
-    n_chunks = 1
-    for g in _grid(s):
-        n_chunks *= g
-    # chunk ids are Morton codes < 2**bits; the shard number is ``bits`` above preshift+minishard
-    used = max(0, bits - sd.preshift_bits - sd.minishard_bits) if sd.hash == "identity" else sd.shard_bits
-    files = min(2**sd.shard_bits, 2**used, n_chunks)
-    mini = 2**sd.minishard_bits
-    return f"{files} shard file{'s' if files != 1 else ''} x {mini} minishard{'s' if mini != 1 else ''}"
+    return sharding_in_words(s)
 
 
 def _sharding_legend(meta: MultiscaleMetadata) -> list[str]:
