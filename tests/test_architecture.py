@@ -51,7 +51,7 @@ DRIVER_LAYERS: list[tuple[str, list[str]]] = [
         "meshes.octree", "meshes.generate", "meshes.reader", "meshes.writer", "meshes",
         "segment_properties.model", "segment_properties.io", "segment_properties",
         "convert.sources", "convert.build", "convert.export", "convert", "copy",
-        "samples", "cli",
+        "samples", "notebook", "cli",
     ]),
 ]
 

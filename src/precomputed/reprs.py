@@ -25,6 +25,7 @@ __all__ = [
     "sharding_in_words",
     "volume_html",
     "thumbnail_png",
+    "png_bytes",
     "label_colors",
     "to_uint8",
     "THUMBNAIL_PIXELS",
@@ -100,7 +101,8 @@ def to_uint8(plane: np.ndarray, limits: tuple[float, float] | None = None) -> np
     return (np.clip((p - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
 
 
-def _png(rgb: np.ndarray) -> bytes:
+def png_bytes(rgb: np.ndarray) -> bytes:
+    """PNG of an RGB (y, x, 3) uint8 picture."""
     from PIL import Image
 
     buf = io.BytesIO()
@@ -151,7 +153,7 @@ def thumbnail_png(vol: Any, start: Sequence[int], stop: Sequence[int]) -> bytes:
         rgb = np.stack([to_uint8(p) for p in planes], axis=-1)
     else:
         rgb = np.repeat(to_uint8(planes[0])[..., None], 3, axis=-1)
-    return _png(np.ascontiguousarray(rgb))
+    return png_bytes(np.ascontiguousarray(rgb))
 
 
 def volume_html(vol: Any, start: Sequence[int], stop: Sequence[int], thumbnail: bool = True) -> str:
