@@ -48,26 +48,24 @@ def register_scale_opener(opener: Callable[[Any, int], Any]) -> None:
 
 def sharding_in_words(scale: Any) -> str:
     """``"-"`` (one object per chunk) or e.g. ``"32 shard files x 8 minishards"``: the
-    shard files the scale can have (at most one per chunk) and the minishards in each."""
-    from .sharding import morton_bits
+    shard files the scale's chunks fall into (``"up to N"`` when shards are not boxes of
+    chunks, as with the murmurhash hash) and the minishards in each."""
+    from .sharding import morton_bits, shard_shape_in_chunks
 
     sd = scale.sharding
     if sd is None:
         return "-"
     chunk = scale.chunk_sizes[0]
     grid = [-(-n // c) for n, c in zip(scale.size, chunk, strict=True)]
-    n_chunks = math.prod(grid)
-    bits = sum(morton_bits(scale.size, chunk))
-    if sd.hash == "identity":
-        used = max(0, bits - sd.preshift_bits - sd.minishard_bits)
-        files = min(2**sd.shard_bits, 2**used, n_chunks)
+    bits = morton_bits(scale.size, chunk)
+    box = shard_shape_in_chunks(sd, bits, grid)
+    if box is not None:
+        files = math.prod(-(-g // b) for g, b in zip(grid, box, strict=True))
+        count = f"{files} shard file{'s' if files != 1 else ''}"
     else:
-        files = min(2**sd.shard_bits, n_chunks)
+        count = f"up to {min(2**sd.shard_bits, math.prod(grid))} shard files"
     mini = 2**sd.minishard_bits
-    return (
-        f"{files} shard file{'s' if files != 1 else ''} x {mini} "
-        f"minishard{'s' if mini != 1 else ''}"
-    )
+    return f"{count} x {mini} minishard{'s' if mini != 1 else ''}"
 
 
 def label_colors(ids: np.ndarray) -> np.ndarray:

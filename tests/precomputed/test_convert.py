@@ -69,6 +69,25 @@ def test_convert_a_multipage_tiff_with_levels_and_auto_sharding(
     assert not (dst / "INCOMPLETE").exists()
 
 
+def test_info_counts_the_shard_files_a_conversion_writes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = stack((40, 70, 90), np.uint8)
+    np.save(tmp_path / "a.npy", data)
+    dst = tmp_path / "vol"
+    src = open_source(tmp_path / "a.npy")
+    from_array(src, str(dst), chunk_size=(8, 8, 8), sharding="auto", shard_voxels=8**3 * 16)
+    shards = sorted(p.name for p in (dst / "1_1_1").iterdir())
+    assert len(shards) > 4 and all(n.endswith(".shard") for n in shards)
+    code, out, _ = run(capsys, "info", str(dst), "--sizes")
+    assert code == 0
+    row = out.splitlines()[3]
+    assert f"{len(shards)} shard files x " in row
+    assert f"  {len(shards)}  " in row  # the objects column
+    assert "voxels" in out.splitlines()[2] and f"{90 * 70 * 40:,}" in row
+    assert "sharding: chunks are packed into shard files" in out
+
+
 def test_convert_a_folder_of_tiff_files_in_name_order(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
