@@ -333,11 +333,12 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 def _scheduler(spec: Sequence[str]) -> tuple[Any, Any]:
     """``threads``/``processes`` (dask's local schedulers) or ``distributed ADDRESS``."""
     name, *rest = spec
-    if name in ("threads", "processes", "synchronous"):
+    if name in ("threads", "processes", "synchronous") and not rest:
         return name, None
     if name != "distributed" or len(rest) != 1:
         raise _usage(
-            "--scheduler is threads, processes, or distributed ADDRESS (e.g. tcp://host:8786)"
+            f"--scheduler is threads, processes, or distributed ADDRESS (e.g. tcp://host:8786), "
+            f"given last on the line; not {' '.join(spec)!r}"
         )
     try:
         from dask.distributed import Client

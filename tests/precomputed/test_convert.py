@@ -239,6 +239,60 @@ def test_a_killed_convert_is_marked_incomplete_and_info_says_so(tmp_path: Path) 
     assert find_incomplete(str(dst)) is None
 
 
+def test_an_interrupted_convert_removes_what_it_wrote(tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT) in the middle of writing: exit status 130, one line, no volume."""
+    np.save(tmp_path / "a.npy", stack((16, 32, 32), np.uint8))
+    dst = tmp_path / "vol"
+    code = (
+        "import os, signal, sys\n"
+        "import precomputed.create.blocks as blocks\n"
+        "from precomputed.cli import main\n"
+        "step = blocks.Tracker.step\n"
+        "def interrupt(self):\n"
+        "    step(self)\n"
+        "    if self.done == 1: os.kill(os.getpid(), signal.SIGINT)\n"  # a block is written
+        "blocks.Tracker.step = interrupt\n"
+        f"sys.exit(main(['convert', {str(tmp_path / 'a.npy')!r}, {str(dst)!r}, '--chunk-size', '8,8,8']))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 130, res.stderr
+    assert res.stderr.strip().splitlines() == [
+        "error: interrupted (what this command had written has been removed)"
+    ]
+    assert not (dst / "info").exists() and not (dst / "INCOMPLETE").exists()
+    assert not [p for p in dst.rglob("*") if p.is_file()] if dst.exists() else True
+
+
+def test_conversion_streams_block_by_block(tmp_path: Path) -> None:
+    """A 48 MiB memory-mapped source converts with Python allocations far below its size."""
+    import tracemalloc
+
+    data = np.lib.format.open_memmap(tmp_path / "big.npy", mode="w+", dtype=np.uint8,
+                                     shape=(48, 1024, 1024))
+    data[:] = 7
+    data.flush()
+    del data
+    src = open_source(tmp_path / "big.npy")
+    tracemalloc.start()
+    try:
+        from_array(src, str(tmp_path / "vol"), chunk_size=(64, 64, 16), block_bytes=2 * 2**20)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 2**20, f"peak {peak / 2**20:.1f} MiB for a 48 MiB source"
+    vol = precomputed.open(str(tmp_path / "vol"))
+    assert vol[512:520, 0:4, 47, 0].read().tolist() == [[7] * 4] * 8
+
+
+def test_convert_with_dask_threads(tmp_path: Path) -> None:
+    data = stack((8, 24, 20), np.uint16)
+    np.save(tmp_path / "a.npy", data)
+    code = main(["convert", str(tmp_path / "a.npy"), str(tmp_path / "vol"), "-q",
+                 "--chunk-size", "8,8,4", "--scheduler", "threads"])
+    assert code == 0
+    np.testing.assert_array_equal(ts_read(tmp_path / "vol")[..., 0], data.transpose(2, 1, 0))
+
+
 def test_convert_with_a_dask_distributed_local_cluster(tmp_path: Path) -> None:
     distributed = pytest.importorskip("distributed", reason="the dask extra is not installed")
     data = stack((12, 40, 36), np.uint16)
