@@ -295,9 +295,15 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         return 0
     from .convert import from_array
 
+    from .create import supported_data_type
+
     src = open_source(args.src, args.axes, kind)
     _say(args, describe(src))
-    for note in src.notes:
+    notes = list(src.notes)
+    if args.data_type is None:
+        _, note = supported_data_type(src.dtype, segmentation=args.type == "segmentation")
+        notes += [note] if note else []
+    for note in notes:
         _say(args, f"note: {note}")
     client = None
     scheduler: Any = None

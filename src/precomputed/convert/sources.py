@@ -162,7 +162,7 @@ def source_kind(path: str | Path) -> str:
     ``"precomputed"`` (a folder with an ``info`` file, or a URL)."""
     s = str(path)
     if "://" in s and not s.startswith("file://"):
-        return "precomputed"
+        return "zarr" if s.rstrip("/").endswith(".zarr") else "precomputed"
     p = Path(s.removeprefix("file://"))
     low = p.name.lower()
     if p.is_file():
