@@ -294,7 +294,6 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         _say(args, f"wrote {args.dst}: zarr v{args.zarr_format} array {tuple(arr.shape)} (c, z, y, x)")
         return 0
     from .convert import from_array
-
     from .create import supported_data_type
 
     src = open_source(args.src, args.axes, kind)
