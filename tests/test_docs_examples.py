@@ -70,6 +70,31 @@ def test_the_notebook_and_command_line_pages_run_most_of_their_examples() -> Non
         assert len(run) >= 4, f"{name}: only {len(run)} examples run"
 
 
+def command_lines() -> list[tuple[str, list[str]]]:
+    """``precomputed ...`` lines of the bash blocks of docs/cli.md and README.md."""
+    import shlex
+
+    out = []
+    for page in (ROOT / "docs" / "cli.md", ROOT / "README.md"):
+        text = page.read_text(encoding="utf-8")
+        for m in re.finditer(r"^```bash\n(?P<body>.*?)^```", text, re.S | re.M):
+            body = m.group("body").replace("\\\n", " ")
+            for line in body.splitlines():
+                words = shlex.split(line, comments=True)
+                if words and words[0] == "precomputed":
+                    out.append((f"{page.name}: {line.strip()}", words[1:]))
+    return out
+
+
+@pytest.mark.parametrize("argv", [a for _, a in command_lines()], ids=[w for w, _ in command_lines()])
+def test_the_documented_command_lines_parse(argv: list[str]) -> None:
+    from precomputed.cli import build_parser
+
+    parser, _ = build_parser()
+    args = parser.parse_args(argv)
+    assert callable(args.func)
+
+
 @pytest.fixture(scope="module")
 def sample_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from precomputed.samples import sample_volumes

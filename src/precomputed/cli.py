@@ -26,7 +26,7 @@ from typing import Any
 
 from .metadata import MultiscaleMetadata, ScaleMetadata
 
-__all__ = ["main", "format_info", "describe_sharding", "ENTRY_POINT_GROUP", "PLUGIN_COMMANDS"]
+__all__ = ["main", "build_parser", "format_info", "describe_sharding", "ENTRY_POINT_GROUP", "PLUGIN_COMMANDS"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -512,7 +512,8 @@ def _layout_options(p: argparse.ArgumentParser, defaults: bool) -> None:
     )
 
 
-def _parser() -> tuple[argparse.ArgumentParser, Any]:
+def build_parser() -> tuple[argparse.ArgumentParser, Any]:
+    """The argument parser (and its subparsers), plugin commands included."""
     from . import __version__
 
     common = _common(suppress=True)
@@ -600,7 +601,7 @@ def _one_line(e: BaseException) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 1 error, 2 usage, 130
     interrupted)."""
-    parser, _ = _parser()
+    parser, _ = build_parser()
     args = parser.parse_args(argv)
     debug = bool(getattr(args, "debug", False))
     try:
