@@ -218,7 +218,7 @@ def _progress(args: argparse.Namespace, what: str) -> Iterator[Callable[[int, in
         return
     from tqdm import tqdm
 
-    bar = tqdm(total=0, desc=what, unit="block", file=sys.stderr, leave=True)
+    bar = tqdm(total=0, desc=what, unit="block", file=sys.stderr, leave=True, disable=False)
 
     def update(done: int, total: int) -> None:
         if bar.total != total:

@@ -316,8 +316,8 @@ def test_progress_bar_on_stderr(tmp_path: Path) -> None:
     res = subprocess.run(
         [str(exe), "convert", str(tmp_path / "a.npy"), str(tmp_path / "vol"), "--progress",
          "--chunk-size", "8,8,4"],
-        capture_output=True, text=True, timeout=60, env={**os.environ},
-    )
+        capture_output=True, text=True, timeout=60, env={**os.environ, "TQDM_DISABLE": "1"},
+    )  # --progress asks for the bar, whatever tqdm's environment says
     assert res.returncode == 0, res.stderr
     assert "convert" in res.stderr and "100%" in res.stderr
 

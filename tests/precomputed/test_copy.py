@@ -54,11 +54,11 @@ def same_scales(a: list[precomputed.Volume], b: list[precomputed.Volume]) -> Non
 
 def test_byte_copy_to_memory_is_identical(seg_volume: tuple[Path, np.ndarray]) -> None:
     path, _ = seg_volume
-    result = copy(str(path), "memory://copies/seg")
+    result = copy(str(path), "memory://test_copy/seg")
     files = [p for p in path.rglob("*") if p.is_file()]
     assert result["objects"] == len(files)
     assert result["bytes"] == sum(p.stat().st_size for p in files)
-    same_scales(precomputed.open_scales(str(path)), precomputed.open_scales("memory://copies/seg"))
+    same_scales(precomputed.open_scales(str(path)), precomputed.open_scales("memory://test_copy/seg"))
 
 
 def test_copy_local_to_gcs_on_the_command_line(
