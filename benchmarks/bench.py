@@ -85,7 +85,10 @@ class Config:
     repeats: int = 5
     random_chunks: int = 200
     threads: int = os.cpu_count() or 2  # our concurrent random-chunk reads, local files
-    http_threads: int = 16  # ... over HTTP, where latency rather than CPU is the limit
+    # ... over HTTP, where latency rather than CPU is the limit: as many threads as
+    # TensorStore keeps requests in flight (its http_request_concurrency, 32), so both
+    # sides may have as many requests under way (16 threads capped ours at half)
+    http_threads: int = 32
     latency: float = 0.02
     http_sequential_chunks: int = 20
     shard_bits: int = 3
@@ -110,6 +113,8 @@ def make_config(args: argparse.Namespace) -> Config:
         cfg.image_scales = 2
     if args.repeats:
         cfg.repeats = args.repeats
+    if args.http_threads:
+        cfg.http_threads = args.http_threads
     cfg.plane_z = min(cfg.plane_z, cfg.image_size[2] - 1, cfg.seg_size[2] - 1)
     cfg.plane_y = min(cfg.plane_y, cfg.image_size[1] - 1, cfg.seg_size[1] - 1)
     return cfg
@@ -834,6 +839,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, help="timed runs per library and workload")
     p.add_argument("--only", action="append", help="substring of 'group: workload' (repeatable)")
     p.add_argument("--no-http", action="store_true", help="skip the HTTP workloads (d)")
+    p.add_argument(
+        "--http-threads", type=int, help="threads calling read() in the HTTP concurrent rows"
+    )
     p.add_argument("--no-cv", action="store_true", help="leave CloudVolume out")
     p.add_argument("--cv", action="store_true", help="include CloudVolume with --quick")
     p.add_argument(

@@ -58,12 +58,14 @@ DRIVER_LAYERS: list[tuple[str, list[str]]] = [
 #: The plugin, above every driver module: it translates between napari and the driver.
 PLUGIN_LAYERS: list[tuple[str, list[str]]] = [
     ("placement", ["_pyramid", "_array"]),
-    ("io", ["_reader", "_writer", "_sample_data"]),
+    ("io", ["_probe", "_reader", "_writer", "_sample_data", "preferences"]),
     ("segments", ["segments.background", "segments.search", "segments.selection",
                   "segments.meshes", "segments.view", "segments"]),
     ("editing", ["editing.editable", "editing.region", "editing.results", "editing.remesh",
-                 "editing.policy", "editing.session", "editing"]),
-    ("widgets", ["widgets.create", "widgets.labels", "widgets.segments", "widgets"]),
+                 "editing.policy", "editing.readonly", "editing.undo", "editing.session",
+                 "editing"]),
+    ("widgets", ["widgets.create", "widgets.labels", "widgets.segments", "widgets.folders",
+                 "widgets"]),
     ("commands", ["cli"]),
     ("face", [""]),
 ]

@@ -10,6 +10,7 @@ from ._sample_data import make_sample_data
 from ._writer import write_image, write_labels
 from .editing import CommitError, CommitResult, EditSession, edit_labels, open_sessions
 from .editing.policy import Prompt, register_prompt_loader
+from .preferences import folder_preferences, forget_folder_preference, prefer_for_folders
 from .segments import SegmentView, segment_view, show_segments
 from .segments.background import Poster, register_poster_loader
 
@@ -24,6 +25,9 @@ __all__ = [
     "segment_view",
     "show_segments",
     "get_reader",
+    "prefer_for_folders",
+    "forget_folder_preference",
+    "folder_preferences",
     "make_sample_data",
     "read_volume",
     "write_image",

@@ -1,14 +1,14 @@
 """napari reader: a Precomputed volume (directory or URL) as one lazy multiscale layer.
 
 ``get_reader(path)`` is the cheap probe napari calls for every directory and URL the user
-opens: it reads one small ``info`` object and returns ``None`` (never raises) unless that
-is a Precomputed multiscale volume. The reader returns plain LayerData, so everything here
-is testable without a viewer.
+opens (:mod:`._probe`): one small ``info`` read, within a time budget; ``None`` (it never
+raises) unless that is, or claims to be, a Precomputed volume. A volume that cannot be
+opened gets a reader that raises why. The reader returns plain LayerData, so everything
+here is testable without a viewer.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable
@@ -18,13 +18,12 @@ from typing import Any
 import numpy as np
 
 import precomputed
-from precomputed import KvStore, MultiscaleMetadata, PrecomputedError, Volume
+from precomputed import Volume
 from precomputed.driver import open_scale
 from precomputed.info_members import resolve_subdir, volume_location
-from precomputed.kvstore.url import parse_url
-from precomputed.spec import parse_spec
 
 from ._array import LevelArray
+from ._probe import Probed, probe
 from ._pyramid import Pyramid, plan_pyramid
 
 __all__ = [
@@ -42,9 +41,6 @@ log = logging.getLogger("napari_precomputed")
 LayerData = tuple[Any, dict[str, Any], str]
 ReaderFunction = Callable[[Any], list[LayerData]]
 
-#: An ``info`` larger than this is not a volume's (they are a few KiB).
-_MAX_INFO_BYTES = 16 * 1024 * 1024
-_MULTISCALE_TYPE = "neuroglancer_multiscale_volume"
 #: Region of the coarsest level sampled for contrast limits (x, y voxels).
 _SAMPLE_XY = 256
 
@@ -53,88 +49,20 @@ _SAMPLE_XY = 256
 
 
 def get_reader(path: str | list[str]) -> ReaderFunction | None:
-    """Return a reader when ``path`` is a Precomputed volume, else ``None``."""
+    """Return a reader when ``path`` is (or claims to be) a Precomputed volume, else
+    ``None`` (see :mod:`._probe`). A volume that cannot be opened still gets a reader:
+    it raises the reason (which URL, what failed, what to do), so napari shows that
+    instead of refusing the file. The probe's ``info`` read is the reader's."""
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
     if not paths:
         return None
     found = []
     for p in paths:
-        target = _probe(os.fspath(p))
+        target = probe(os.fspath(p))
         if target is None:
             return None
         found.append(target)
     return partial(_read_targets, found)
-
-
-class _Target:
-    """A probed volume: what to open, and the store its ``info`` came from."""
-
-    def __init__(self, source: str, kvstore: KvStore | None) -> None:
-        self.source = source
-        self.kvstore = kvstore
-
-
-def _probe(path: str) -> _Target | None:
-    try:
-        return _probe_or_raise(path)
-    except Exception as e:  # a probe never raises: napari tries other readers
-        log.debug("napari-precomputed: %s is not readable as Precomputed: %s", path, e)
-        return None
-
-
-def _probe_or_raise(path: str) -> _Target | None:
-    path = path.strip()
-    if not path:
-        return None
-    root, volume_path = parse_url(path)  # the driver's URL parser: other schemes raise
-    if root["driver"] != "file":
-        source = path.rstrip("/")
-        if source.endswith("/info"):
-            source = source[: -len("/info")]
-        req = parse_spec(source)
-        kv = precomputed.open_kvstore(req.kvstore, **(req.storage_options or {}))
-        key = req.path + "info"
-        data = kv.read(key)
-        where = source + "/info"
-        if data is None:
-            return None
-    else:
-        local = os.sep + volume_path  # absolute, ~ expanded, file:// escapes decoded
-        if os.path.basename(local.rstrip(os.sep)) == "info" and os.path.isfile(local):
-            local = os.path.dirname(local.rstrip(os.sep))
-        info = os.path.join(local, "info")
-        if not os.path.isdir(local) or not os.path.isfile(info):
-            return None
-        if os.path.getsize(info) > _MAX_INFO_BYTES:
-            return None
-        with open(info, "rb") as f:
-            data = f.read()
-        source, kv, where = local, None, info
-    obj = _json_object(data)
-    if obj is None or not _looks_like_volume(obj):
-        return None
-    try:
-        MultiscaleMetadata.from_json(obj, key=where)
-    except PrecomputedError as e:
-        _report(f"napari-precomputed: {where} is a Precomputed info but cannot be opened: {e}")
-        return None
-    return _Target(source, kv)
-
-
-def _json_object(data: bytes) -> dict[str, Any] | None:
-    if len(data) > _MAX_INFO_BYTES:
-        return None
-    try:
-        obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return obj if isinstance(obj, dict) else None
-
-
-def _looks_like_volume(obj: dict[str, Any]) -> bool:
-    if "@type" in obj:
-        return obj["@type"] == _MULTISCALE_TYPE
-    return isinstance(obj.get("scales"), list)
 
 
 def _report(message: str) -> None:
@@ -151,10 +79,16 @@ def _report(message: str) -> None:
 # -- layers -----------------------------------------------------------------------------------
 
 
-def _read_targets(targets: list[_Target], path: Any = None) -> list[LayerData]:
+def _read_targets(targets: list[Probed], path: Any = None, **_: Any) -> list[LayerData]:
+    for t in targets:
+        if t.error is not None:
+            log.warning("napari-precomputed: cannot open %s: %s", t.source, t.error)
+            raise t.error
     out: list[LayerData] = []
     for t in targets:
-        options = {"kvstore": t.kvstore} if t.kvstore is not None else {}
+        options: dict[str, Any] = {"metadata": t.metadata}
+        if t.kvstore is not None:
+            options["kvstore"] = t.kvstore
         out.extend(read_volume(t.source, **options))
     return out
 

@@ -14,7 +14,10 @@ the same code path as the create widget:
   ``pixel`` counts as nm) and its translate the voxel offset (``translate / scale``,
   rounded);
 * a multiscale layer is saved from its finest level, with as many pyramid levels as the
-  layer has, downsampled by the factors between its levels.
+  layer has, downsampled by the factors between its levels;
+* a layer this plugin's reader opened keeps the volume's own geometry: the reader
+  presents each level over a window padded to whole pyramid steps, and the writer saves
+  only the volume's voxels (its ``voxel_offset`` and ``size``), not the padding.
 
 :func:`layer_volume_spec` is the layer-to-metadata mapping the widget shares.
 """
@@ -28,6 +31,8 @@ from typing import Any
 import numpy as np
 
 from precomputed.create import create_volume, supported_data_type
+
+from ._array import LevelArray
 
 __all__ = ["write_image", "write_labels", "layer_volume_spec", "LayerVolumeSpec"]
 
@@ -96,6 +101,26 @@ def _level_factors(levels: Sequence[Any], axes: str) -> list[tuple[int, int, int
     return out  # type: ignore[return-value]
 
 
+def _stored_window(base: Any, axes: str) -> tuple[tuple[slice, ...], list[int]] | None:
+    """For a reader level (a :class:`LevelArray` over a padded window): the index of the
+    volume's own voxels in the presented array (``axes`` order) and the shift (x, y, z)
+    of its start from presented index 0. None for any other data."""
+    if not isinstance(base, LevelArray):
+        return None
+    vol = base.volume
+    lo: list[int] = []
+    hi: list[int] = []
+    for d in range(3):  # x, y, z
+        start = int(vol.origin[d]) - base.origin[d]
+        stop = start + int(vol.shape[d])
+        lo.append(max(0, start))
+        hi.append(min(base.extent[d], stop))
+    key = tuple(
+        slice(None) if a == "c" else slice(lo["xyz".index(a)], hi["xyz".index(a)]) for a in axes
+    )
+    return key, lo
+
+
 def layer_volume_spec(data: Any, attributes: Mapping[str, Any], layer_type: str) -> LayerVolumeSpec:
     """Volume metadata for a layer's ``(data, attributes, layer_type)`` (as napari passes
     them to writers and as ``layer.as_layer_data_tuple()`` returns them).
@@ -137,6 +162,11 @@ def layer_volume_spec(data: Any, attributes: Mapping[str, Any], layer_type: str)
     if n == 2:
         res_zyx.insert(0, 1.0)
         off_zyx.insert(0, 0)
+    window = _stored_window(base, axes)
+    if window is not None:  # the volume's own voxels, not the reader's padding
+        key, shift = window
+        base = base[key]
+        off_zyx = [o + s for o, s in zip(off_zyx, shift[::-1], strict=True)]
     size = [int(base.shape[axes.index(a)]) if a in axes else 1 for a in "xyz"]
     channels = int(base.shape[axes.index("c")]) if "c" in axes else 1
     chunk = [min(c, s) for c, s in zip(CHUNK_2D if size[2] == 1 else CHUNK_3D, size, strict=True)]

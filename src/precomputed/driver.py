@@ -20,7 +20,12 @@ from . import metadata as md
 from .chunkstore import ChunkStore, ShardedChunkStore, UnshardedChunkStore
 from .codecs import stored_size_bounds
 from .context import Context, default_context
-from .errors import AlreadyExistsError, FailedPreconditionError, NotFoundError
+from .errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+)
 from .internal.geometry import ChunkGrid
 from .kvstore import NO_VALUE, KvStore, open_kvstore
 from .scale import OpenedScale
@@ -50,6 +55,7 @@ def open(
     *,
     context: Context | None = None,
     kvstore: KvStore | None = None,
+    metadata: md.MultiscaleMetadata | None = None,
     **options: Any,
 ) -> Volume:
     """Open (or create) one scale of a Precomputed volume.
@@ -59,7 +65,8 @@ def open(
     ``memory://v``, optionally prefixed ``precomputed://``). Keyword options mirror
     ``tensorstore.open``: ``open``, ``create``, ``delete_existing``, ``scale_index``,
     ``dtype``, ``schema``, ``fill_missing_data_reads``, ... plus ``storage_options`` for
-    fsspec (e.g. ``{"endpoint_url": ...}``).
+    fsspec (e.g. ``{"endpoint_url": ...}``). ``metadata``: the volume's ``info`` as a
+    caller already read it (a probe), opened without reading it again (only to open).
     """
     req = parse_spec(spec, **options)
     ctx = context or _context_from(req)
@@ -69,6 +76,18 @@ def open(
     kv = kvstore or open_kvstore(req.kvstore, **storage_options)
     path = req.path
     info_key = path + "info"
+
+    if metadata is not None:
+        if req.create or req.delete_existing or not req.open:
+            raise InvalidArgumentError(
+                "metadata= opens an existing volume: it cannot be combined with create, "
+                "delete_existing or open=False"
+            )
+        index, chunk = constraints.select_scale(
+            metadata, req.multiscale, req.scale, req.scale_index, req.schema
+        )
+        req.schema.validate_against(metadata, index, chunk)
+        return _make_volume(kv, path, metadata, index, chunk, req, ctx)
 
     if req.delete_existing:
         kv.delete_prefix(path)

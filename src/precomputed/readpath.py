@@ -30,8 +30,6 @@ from .scale import MISSING, ChunkOverlay, OpenedScale
 
 __all__ = ["READ_BATCH", "fetch", "read_box", "read_boxes", "copy_rows"]
 
-#: Cached (with a chunk's slabs) once its size has proved it a raw chunk: slabs are voxels.
-_SIZE_OK = np.ones(1, np.uint8)
 #: Per-thread scratch buffer for chunks read and consumed without being kept.
 _scratch = threading.local()
 #: Chunks fetched per batch on large reads (the next batch is fetched while one decodes):
@@ -479,11 +477,12 @@ def _read_slabs(
 
     Byte ranges are raw voxels only if the object is a raw chunk of exactly its raw
     size: a compressed chunk (CloudVolume's gzip/zstd under the plain key) or one of the
-    wrong size would give bytes that look like voxels but are not. So each chunk's size
-    is checked once with a 2-byte probe ``[n - 1, n + 1)`` (it answers 1 byte exactly
-    when the object has ``n`` bytes), sent together with the slab requests; the verdict
-    is cached with the slabs. Chunks that fail it are read whole, where the whole-chunk
-    path inflates them or raises a CorruptDataError naming the key."""
+    wrong size would give bytes that look like voxels but are not. So every slab read
+    also reports the size of its chunk (:meth:`~.kvstore.KvStore.read_ranges_sized`: an
+    HTTP answer's ``Content-Range``, a file's ``fstat``; no extra request), and a slab is
+    kept only from a chunk of exactly its raw size. Chunks that fail the check (or
+    whose size the store cannot tell) are read whole, where the whole-chunk path
+    inflates them or raises a CorruptDataError naming the key."""
     c0, c1 = channels
     cache = scale.context.cache
     use_cache = cache.total_bytes_limit > 0
@@ -499,8 +498,8 @@ def _read_slabs(
     requests: list[tuple[str, int, int]] = []
     # (pos, slab cache key, cached slab or None, slab shape, destination, source)
     jobs: list[tuple[Any, ...]] = []
-    # pos -> index of its size probe in requests (chunks whose size is not yet known)
-    probes: dict[Vec3, int] = {}
+    # key -> (pos, the raw size it must have) of chunks with a slab fetched
+    fetched_keys: dict[str, tuple[Vec3, int]] = {}
     nc = scale.num_channels
     for iz, zc0, zc1, za, zb in zs:
         nzc = zc1 - zc0
@@ -533,26 +532,20 @@ def _read_slabs(
                         requests.append((key, (base + z0) * plane, (base + z1) * plane))
                         fetched = True
                     jobs.append((pos, ck, hit, (z1 - z0, ny, nx), (c - c0, *dst), src))
-                if fetched and not (use_cache and (cid, pos, "size") in cache):
-                    n = nc * nzc * plane
-                    probes[pos] = len(requests)
-                    requests.append((key, n - 1, n + 1))
+                if fetched:
+                    fetched_keys[key] = (pos, nc * nzc * plane)
     if not jobs:
         return whole
-    got = scale.store.kvstore.read_ranges(requests) if requests else []
+    got, sizes = scale.store.kvstore.read_ranges_sized(requests) if requests else ([], {})
     missing: set[Vec3] = set()
     failed: set[Vec3] = set()
-    for pos, i in probes.items():
-        probe = got[i]
-        if probe is None:
+    for i, (key, _, _) in enumerate(requests):
+        pos, n = fetched_keys[key]
+        if got[i] is None:
             missing.add(pos)
-        elif len(probe) != 1:
-            failed.add(pos)  # compressed or of the wrong size: the whole-chunk path decides
-        elif use_cache:
-            cache.partial_owners.add(cid)
-            cache.put((cid, pos, "size"), _SIZE_OK, epoch)
-    probed = set(probes.values())
-    blobs = iter([b for i, b in enumerate(got) if i not in probed])
+        elif sizes.get(key) != n:
+            failed.add(pos)  # compressed, of the wrong size or of unknown size: read whole
+    blobs = iter(got)
     # Slabs are cached per chunk, z-range and channel, so napari re-reading the same
     # plane costs nothing; writes drop them with the chunk (invalidate_positions).
     for pos, ck, slab, shape, dst, src in jobs:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from napari_volumes import coarse_geometry, field_volume, ts_read
 
+import precomputed
 from napari_precomputed import LevelArray, get_reader, read_volume
 
 
@@ -234,13 +235,19 @@ def test_not_precomputed_returns_none(tmp_path):
     ],
     ids=["no-data-type", "scale-without-key", "bad-encoding"],
 )  # fmt: skip
-def test_broken_info_returns_none_with_a_clear_message(tmp_path, caplog, info, message):
+def test_broken_info_gets_a_reader_that_says_why(tmp_path, caplog, info, message):
+    # A folder whose info claims to be a volume is never refused silently: napari shows
+    # the reader's error (naming the info file and the member at fault).
     vol = tmp_path / "broken"
     vol.mkdir()
     (vol / "info").write_text(json.dumps(info))
+    reader = get_reader(str(vol))
+    assert reader is not None
     with caplog.at_level(logging.WARNING, logger="napari_precomputed"):
-        assert get_reader(str(vol)) is None
-    assert str(vol / "info") in caplog.text and message in caplog.text
+        with pytest.raises(precomputed.PrecomputedError) as err:
+            reader(str(vol))
+    assert str(vol / "info") in str(err.value) and message in str(err.value)
+    assert str(vol / "info") in caplog.text
 
 
 def test_several_paths_give_several_layers(pyramid_volume):

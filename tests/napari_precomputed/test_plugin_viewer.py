@@ -266,4 +266,7 @@ def test_remote_volume_opens_through_its_url(viewer_model, http_server, pyramid_
     from napari_precomputed import get_reader
 
     assert get_reader(f"precomputed://{url}") is not None
-    assert get_reader(f"{http_server.url}/nothing-here") is None
+    missing = get_reader(f"{http_server.url}/nothing-here")  # a volume URL: says why
+    assert missing is not None
+    with pytest.raises(FileNotFoundError, match="nothing-here/info does not exist"):
+        missing(f"{http_server.url}/nothing-here")

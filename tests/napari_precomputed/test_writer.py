@@ -28,6 +28,10 @@ def ts_read(path: Path, scale_index: int = 0) -> np.ndarray:
     return ts.open(spec, open=True).result().read().result()
 
 
+def ts_spec(path: Path) -> dict:
+    return {"driver": "neuroglancer_precomputed", "kvstore": {"driver": "file", "path": f"{path}/"}}
+
+
 def info(path: Path) -> dict:
     return json.loads((path / "info").read_bytes())
 
@@ -148,3 +152,24 @@ def test_layers_that_cannot_be_volumes_get_a_clear_error():
         layer_volume_spec(np.zeros((3, 4, 5), np.int64), {}, "image")
     with pytest.raises(ValueError, match="only Image and Labels"):
         layer_volume_spec(np.zeros((3, 4)), {}, "points")
+
+
+def test_an_opened_pyramid_is_saved_with_the_volumes_own_geometry(
+    tmp_path, viewer_model, pyramid_volume
+):
+    # The reader pads every level to whole pyramid steps (offset 5 -> 4, size 37 -> 40);
+    # saving must keep the volume's voxel_offset and size, and its voxels.
+    src = pyramid_volume("odd")
+    (layer,) = viewer_model.open(str(src), plugin=PLUGIN)
+    assert layer.multiscale and layer.data[0].shape != (6, 29, 37)  # padded presentation
+    out = tmp_path / "saved"
+    layer.save(str(out), plugin=PLUGIN)
+    scales = info(out)["scales"]
+    assert len(scales) == len(info(src)["scales"]) == 3
+    assert scales[0]["voxel_offset"] == [5, 3, 2] and scales[0]["size"] == [37, 29, 6]
+    got, want = ts.open(ts_spec(out), open=True).result(), ts.open(ts_spec(src), open=True).result()
+    assert tuple(got.domain.inclusive_min) == tuple(want.domain.inclusive_min)
+    assert tuple(got.domain.exclusive_max) == tuple(want.domain.exclusive_max)
+    assert tuple(got.domain.inclusive_min[:3]) == (5, 3, 2)
+    np.testing.assert_array_equal(got.read().result(), want.read().result())
+    assert scales[0]["resolution"] == info(src)["scales"][0]["resolution"]

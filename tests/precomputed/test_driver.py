@@ -98,6 +98,20 @@ def test_create_in_json_then_open(tmp_path: Path) -> None:
     assert again.scale.key == "1_1_1"
 
 
+def test_open_with_metadata_already_read_reads_no_info(tmp_path: Path) -> None:
+    # A caller that read the info (napari's probe) opens the volume without a second read.
+    precomputed.open({**file_spec(tmp_path / "v"), "create": True})
+    meta = precomputed.MultiscaleMetadata.loads((tmp_path / "v" / "info").read_bytes(), key="info")
+    kv = FileKvStore(str(tmp_path / "v"))
+    vols = precomputed.open_scales(str(tmp_path / "v"), kvstore=kv, metadata=meta)
+    assert [v.shape for v in vols] == [(10, 99, 98, 4)]
+    assert not kv.stats, kv.stats  # no I/O at all: not even the info
+    ts_vol = ts.open({"driver": DRIVER, "kvstore": {"driver": "file", "path": str(tmp_path / "v")}}).result()
+    assert vols[0].domain.inclusive_min == tuple(ts_vol.domain.inclusive_min)
+    with pytest.raises(precomputed.InvalidArgumentError, match="metadata= opens an existing"):
+        precomputed.open(str(tmp_path / "v"), metadata=meta, create=True, open=True)
+
+
 def test_recreate_is_already_exists_and_open_create_opens(tmp_path: Path) -> None:
     spec = file_spec(tmp_path / "v")
     precomputed.open(spec, create=True)

@@ -153,6 +153,28 @@ def test_raw_chunks_of_the_wrong_size_are_corrupt_in_thin_reads_too(
         np.testing.assert_array_equal(vol[:16, :, 3, :].read(), data[:16, :, 3, :])
 
 
+@pytest.mark.parametrize("change", ["longer", "shorter", "empty"])
+def test_raw_chunks_of_the_wrong_size_over_http_are_corrupt_in_thin_reads_without_a_probe(
+    tmp_path: Path, http_server: RangeServer, change: str
+) -> None:
+    """The size check travels with the slab reads (``Content-Range``): a plane costs one
+    ranged GET per chunk, and a wrong-size chunk is still refused."""
+    _, data = raw_volume(tmp_path / "vol")
+    key = tmp_path / "vol" / "1_1_1" / "16-32_0-16_0-8"
+    good = key.read_bytes()
+    key.write_bytes({"longer": good + b"\0", "shorter": good[:-1], "empty": b""}[change])
+    http_server.root = tmp_path
+    vol = precomputed.open(f"{http_server.url}/vol", context=Context(cache_bytes=0))
+    for view in (vol[:, :, 3, :], vol[20, 5:9, 2, :], vol[20, 5, 2, :]):
+        with pytest.raises(CorruptDataError, match="1_1_1/16-32_0-16_0-8.*Expected chunk length"):
+            view.read()
+    http_server.clear_log()
+    np.testing.assert_array_equal(vol[:16, :, 3, :].read(), data[:16, :, 3, :])
+    chunk_gets = [r for m, p, r in http_server.requests if m == "GET" and not p.endswith("/info")]
+    assert len(chunk_gets) == 2 and all(r is not None for r in chunk_gets)  # 2 chunks, 1 range each
+    assert not [m for m, _, _ in http_server.requests if m == "HEAD"]
+
+
 def test_a_raw_chunk_of_the_right_size_is_raw_whatever_it_starts_with(tmp_path: Path) -> None:
     vol, data = raw_volume(tmp_path)
     vol[0:16, 0:16, 0:8, :] = 0

@@ -197,12 +197,11 @@ def test_zyx_only_reads_chunks_of_the_view(filled: Any) -> None:
     sub = z[:, 9, 0:10, 0:10]  # z = 9 -> absolute 7: second z chunk, first x/y chunk
     assert vol.kvstore.stats["read"] == 0
     np.asarray(sub)
-    # One ranged read per channel of the one chunk, each only the z-plane's bytes, and a
-    # 2-byte probe of the chunk's size (16 x 16 x 3 voxels x 2 channels x 2 bytes).
-    assert chunk_reads(vol) == ["-5-11_3-19_6-9"] * 3
+    # One ranged read per channel of the one chunk, each only the z-plane's bytes; the
+    # chunk's size (16 x 16 x 3 voxels x 2 channels x 2 bytes) comes with the answers.
+    assert chunk_reads(vol) == ["-5-11_3-19_6-9"] * 2
     ranges = [(a, b) for op, _, a, b in vol.kvstore.request_log if op == "read_range"]
-    assert sorted(b - a for a, b in ranges) == [2, 16 * 16 * 2, 16 * 16 * 2]
-    assert (16 * 16 * 3 * 2 * 2 - 1, 16 * 16 * 3 * 2 * 2 + 1) in ranges
+    assert sorted(b - a for a, b in ranges) == [16 * 16 * 2, 16 * 16 * 2]
 
 
 def test_zyx_setitem_writes_through(filled: Any) -> None:
@@ -294,20 +293,15 @@ def test_z_plane_read_touches_only_intersecting_chunks(filled: Any, z: int) -> N
     zr = f"{OFFSET[2] + 8 * zc}-{min(OFFSET[2] + 8 * zc + 8, 9)}"
     want = {f"{x}_{y}_{zr}" for x in ("-5-11", "11-27", "27-32") for y in ("3-19", "19-32")}
     # 6 of 12 chunks; from each, one ranged read per channel of just the plane's bytes
-    # (a raw chunk stores x fastest, so one z-plane of one channel is contiguous), and a
-    # 2-byte probe [n - 1, n + 1) of its size, which travels with the last channel's slab
-    # when that ends the chunk (the last plane of a chunk: z = 5 and z = 8).
-    last = z in (5, 8)
-    assert sorted(chunk_reads(vol)) == sorted(list(want) * (2 if last else 3))
+    # (a raw chunk stores x fastest, so one z-plane of one channel is contiguous), and no
+    # request for its size: the range reads report it.
+    assert sorted(chunk_reads(vol)) == sorted(list(want) * 2)
     assert vol.kvstore.stats["read"] == 0
     sizes = [b - a for op, _, a, b in vol.kvstore.request_log if op == "read_range"]
     xs = {"-5-11": 16, "11-27": 16, "27-32": 5}
     ys = {"3-19": 16, "19-32": 13}
     planes = [2 * xs[x] * ys[y] for x in xs for y in ys]
-    if last:
-        assert sorted(sizes) == sorted(planes + [p + 1 for p in planes])
-    else:
-        assert sorted(sizes) == sorted(planes * 2 + [2] * 6)
+    assert sorted(sizes) == sorted(planes * 2)
 
 
 def test_missing_chunks_cost_no_extra_requests_on_remote_like_stores(
@@ -317,14 +311,14 @@ def test_missing_chunks_cost_no_extra_requests_on_remote_like_stores(
     vol.kvstore.request_log = []
     assert not vol[:, :, 0, :].read().any()
     reads = chunk_reads(vol)
-    # Each of the 6 chunks is looked up once per channel (a ranged read of the plane) and
-    # by its size probe, plus (memory/file only) one probe of each CloudVolume twin (.gz,
-    # .br, .zstd); nothing else.
+    # Each of the 6 chunks is looked up once per channel (a ranged read of the plane),
+    # plus (memory/file only) one probe of each CloudVolume twin (.gz, .br, .zstd);
+    # nothing else.
     twins = (".gz", ".br", ".zstd")
     assert len({k.removesuffix(s) for k in reads for s in twins if k.endswith(s)}) == 6
     for suffix in twins:
         assert sum(k.endswith(suffix) for k in reads) == 6
-    assert len(reads) == 6 * (2 + 1) + 6 * 3  # 2 channels' slabs and the size probe
+    assert len(reads) == 6 * 2 + 6 * 3  # 2 channels' slabs, 3 twins
     vol.kvstore.request_log = []
     assert not vol[:, :, 0, :].read().any()  # absence is cached
     assert chunk_reads(vol) == []
@@ -559,7 +553,7 @@ def test_thin_reads_of_raw_chunks_are_cached_and_invalidated_by_writes(filled: A
     vol = reopen(kv)
     np.testing.assert_array_equal(vol[:, :, 1, :].read(), data[:, :, 3, :])
     ranged = vol.kvstore.stats["read_range"]
-    assert ranged == 6 * 3 and vol.kvstore.stats["read"] == 0  # 2 slabs, 1 probe per chunk
+    assert ranged == 6 * 2 and vol.kvstore.stats["read"] == 0  # 2 slabs per chunk, no probe
     vol[:, :, 1, :].read()  # the same plane again: served from the cache
     assert vol.kvstore.stats["read_range"] == ranged
     vol[0:3, 4:6, 1, 0] = 42  # a write drops the cached slabs of the chunk it touched

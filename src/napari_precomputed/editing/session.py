@@ -50,9 +50,11 @@ from ..segments.meshes import meshes_rewritten
 from ..segments.selection import original_colormap
 from . import policy
 from .editable import EditableArray
+from .readonly import commit_failed_message
 from .region import DEFAULT_VOXEL_BUDGET, Region, check_region, view_region
 from .remesh import remesh_touched, touched_labels
 from .results import ChunkConflict, CommitError, CommitResult, plural
+from .undo import follow_undo
 
 __all__ = [
     "EditSession",
@@ -191,6 +193,7 @@ class EditSession:
         origin = (np.array(region.start) - np.array(vol.scale.voxel_offset))[::-1]
         self.data = EditableArray(view, self._edited, grid=(origin, chunk), owner=self)
         self.layer = self._make_layer(name)
+        follow_undo(self)  # undoing an edit makes its chunk clean again
         _sessions.add(self)
         if viewer is not None:
             viewer.add_layer(self.layer)
@@ -356,12 +359,7 @@ class EditSession:
                 counter.add_total(self.dirty_shards)
                 stats = self.transaction.commit(counter.step, on_committed=self._on_committed)
             except Exception as e:
-                n = self.dirty_chunks
-                raise CommitError(
-                    f"Commit failed: {e} -- nothing is lost: {n} edited chunk{plural(n)} "
-                    "remain in the session; commit again to retry",
-                    e,
-                ) from e
+                raise CommitError(commit_failed_message(e, self.dirty_chunks), e) from e
             result.stats = stats
             result.chunks_written = stats.chunks_written
             result.chunks_deleted = stats.chunks_deleted

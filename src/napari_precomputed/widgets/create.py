@@ -1,4 +1,4 @@
-"""The *Create Precomputed volume* widget: a face on :mod:`precomputed.create`.
+"""The *Create volume* widget: a face on :mod:`precomputed.create`.
 
 Two modes:
 
@@ -24,6 +24,7 @@ the job from the volume's ``INCOMPLETE`` marker).
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 from collections.abc import Callable
@@ -44,7 +45,7 @@ from magicgui.widgets import (
     TextEdit,
 )
 from magicgui.widgets.bases import CategoricalWidget, ValueWidget
-from qtpy.QtCore import QObject, Signal
+from qtpy.QtCore import QEvent, QObject, Signal
 
 from precomputed import metadata as md
 from precomputed.create import (
@@ -61,7 +62,7 @@ from precomputed.create import (
     plan_scale,
 )
 from precomputed.driver import read_info
-from precomputed.errors import PrecomputedError
+from precomputed.errors import AlreadyExistsError, PrecomputedError
 from precomputed.kvstore import open_kvstore
 from precomputed.sharding import choose_sharding
 from precomputed.spec import parse_spec
@@ -145,8 +146,36 @@ def _short(error: BaseException) -> str:
             break
         short = short[len(prefix) :]
     if short == "domain must be specified":
-        short += ': give the "size"'
-    return short
+        short = "required: the volume's size in voxels (x, y, z)"
+    return gui_terms(short)
+
+
+_RANGE = re.compile(r"Expected integer in the range \[(-?\d+), (-?\d+)\], but received: (\S+)")
+#: Bounds this large are the parser's limits, not something a user chooses.
+_HUGE = 2**53
+
+
+def gui_terms(text: str, destination: str = "") -> str:
+    """A driver message in the form's words: integer ranges as "a whole number from a
+    to b" (no 64-bit limits), no Python keywords, and the destination as typed (a local
+    path keeps its leading slash, which the kvstore path drops)."""
+
+    def ranged(m: re.Match[str]) -> str:
+        lo, hi, got = int(m[1]), int(m[2]), m[3].rstrip(".,")
+        if hi >= _HUGE:
+            return f"must be a whole number of at least {lo}, not {got}"
+        return f"must be a whole number from {lo} to {hi}, not {got}"
+
+    text = _RANGE.sub(ranged, text)
+    text = re.sub(
+        r"Error parsing value at position ([0-2]): ", lambda m: "xyz"[int(m[1])] + " ", text
+    )
+    text = re.sub(r"\s*\(?pass delete_existing=True to replace it\)?", "", text)
+    dest = destination.strip()
+    if dest.startswith("/"):
+        bare = dest.strip("/")
+        text = re.sub(r"(?<![/\w.])" + re.escape(bare), "/" + bare, text)
+    return text
 
 
 def _parse_vec(text: str, kind: type) -> list[Any] | None:
@@ -208,6 +237,58 @@ def _dumps(value: Any, indent: int = 0) -> str:
     return pad + json.dumps(value)
 
 
+#: Fields a new volume cannot do without (their errors wait for the first input).
+_REQUIRED = ("size", "destination")
+
+
+def _holds_volume(destination: str) -> str | None:
+    """The ``info`` of a volume already at a local destination (None: none, or not
+    local: a remote one is found when creating, without a request per keystroke)."""
+    dest = destination.strip()
+    if dest.startswith("file://"):
+        dest = dest[len("file://") :]
+    if "://" in dest or not dest:
+        return None
+    dest = os.path.expanduser(dest)
+    if os.path.basename(dest.rstrip(os.sep)) == "info" and os.path.isfile(dest):
+        return dest
+    info = os.path.join(dest, "info")
+    return info[: -len("/info")] if os.path.isfile(info) else None
+
+
+class _FitWidth(QObject):
+    """Keeps the scroll area as wide as the form's widest row, so nothing is cut off on
+    the right whatever fonts and style the viewer applies (the form scrolls vertically
+    only: its height may be anything)."""
+
+    def __init__(self, owner: Container) -> None:
+        super().__init__(owner.native)
+        self.inner = owner.native
+        self.outer = owner.root_native_widget
+        self.inner.installEventFilter(self)
+        self.fit()
+
+    def fit(self) -> None:
+        from qtpy.QtWidgets import QScrollArea
+
+        if not isinstance(self.outer, QScrollArea):
+            return
+        scrollbar = self.outer.verticalScrollBar()
+        bar = scrollbar.sizeHint().width() if scrollbar is not None else 16
+        frame = 2 * self.outer.frameWidth()
+        self.outer.setMinimumWidth(self.inner.minimumSizeHint().width() + bar + frame)
+
+    def eventFilter(self, obj: QObject | None, event: QEvent | None) -> bool:  # noqa: N802 (Qt API)
+        if event is not None and event.type() in (
+            QEvent.Type.LayoutRequest,
+            QEvent.Type.StyleChange,
+            QEvent.Type.FontChange,
+            QEvent.Type.Show,
+        ):
+            self.fit()
+        return False
+
+
 class _Relay(QObject):
     """Carries progress from the worker thread to the UI thread (queued signal)."""
 
@@ -218,7 +299,14 @@ class CreateVolumeWidget(Container):
     """Create a Precomputed volume (from a layer or empty) or add a scale to one."""
 
     def __init__(self, napari_viewer: Any = None) -> None:
-        super().__init__(labels=True, scrollable=True)
+        super().__init__(labels=False, scrollable=False)
+        # napari docks ``.native``, which for a scrollable magicgui container is the
+        # form inside the scroll area: the scroll area is added here by hand, so the
+        # dock holds it and the form scrolls instead of making the dock as tall as it.
+        self.form: Container = Container(labels=True, scrollable=True)
+        layout = self.native.layout()
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.form.root_native_widget)
         self.viewer = napari_viewer
         self.fields: dict[str, ValueWidget] = {}
         self.messages: dict[str, Label] = {}
@@ -243,7 +331,10 @@ class CreateVolumeWidget(Container):
         self._relay: _Relay | None = None
         self._pbar: Any = None
         self._incomplete_dest: str | None = None
+        #: No input yet: missing required fields are notes, not red errors.
+        self._pristine = True
         self._build()
+        self._fit = _FitWidth(self.form)
         if napari_viewer is not None:
             events = napari_viewer.layers.events
             for name in ("inserted", "removed", "reordered"):
@@ -260,7 +351,7 @@ class CreateVolumeWidget(Container):
         self.messages[name] = msg
         self.rows[name] = row
         widget.changed.connect(partial(self._on_field_changed, name))
-        self.append(row)
+        self.form.append(row)
         return row
 
     def _choices_field(self, name: str) -> CategoricalWidget:
@@ -269,7 +360,7 @@ class CreateVolumeWidget(Container):
         return widget
 
     def _header(self, text: str) -> None:
-        self.append(Label(value=f"<b>{text}</b>"))
+        self.form.append(Label(value=f"<b>{text}</b>"))
 
     def _build(self) -> None:
         add = self._add_row
@@ -287,70 +378,74 @@ class CreateVolumeWidget(Container):
         add("destination", dest, "Volume")
         self.load_button = PushButton(text="Load info")
         self.load_button.changed.connect(lambda *_: self.load_existing())
-        self.append(self.load_button)
+        self.form.append(self.load_button)
         add("layer", ComboBox(choices=self._layer_choices, value=None), "Fill from layer")
         add("source_scale", ComboBox(choices=[]), "Source scale")
         add("factor", LineEdit(value="2, 2, 1"), "Factor (x, y, z)")
-        add("levels", SpinBox(value=0, min=0, max=16), "Pyramid levels")
+        levels = SpinBox(value=1, min=1, max=17)
+        levels.tooltip = "How many scales the volume gets, the full resolution included"
+        add("levels", levels, "Pyramid levels")
         add("fill", CheckBox(value=True, text="Downsample the source into it"), "Data")
 
-        self._header("Multiscale metadata")
-        add("type", ComboBox(choices=["image", "segmentation"], value="image"), "type")
-        add("data_type", ComboBox(choices=list(md.SUPPORTED_DTYPES), value="uint8"), "data_type")
-        add("num_channels", SpinBox(value=1, min=1, max=2**31 - 1), "num_channels")
+        self._header("Volume")
+        add("type", ComboBox(choices=["image", "segmentation"], value="image"), "Type")
+        add("data_type", ComboBox(choices=list(md.SUPPORTED_DTYPES), value="uint8"), "Data type")
+        add("num_channels", SpinBox(value=1, min=1, max=2**31 - 1), "Channels")
 
-        self._header("Scale metadata")
+        self._header("Scale")
         key = LineEdit(value="")
-        key.native.setPlaceholderText("automatic: <x>_<y>_<z> of the resolution")
-        add("key", key, "key")
-        for name, default, hint in [
-            ("size", "", "x, y, z (voxels)"),
-            ("voxel_offset", "", "x, y, z (default 0, 0, 0)"),
-            ("resolution", "", "x, y, z nm (default 1, 1, 1)"),
-            ("chunk_size", "64, 64, 64", "x, y, z (empty: chosen automatically)"),
+        key.native.setPlaceholderText("automatic: from the resolution")
+        add("key", key, "Key")
+        for name, default, hint, label in [
+            ("size", "", "x, y, z voxels", "Size"),
+            ("voxel_offset", "", "x, y, z (default 0, 0, 0)", "Voxel offset"),
+            ("resolution", "", "x, y, z nm (default 1, 1, 1)", "Resolution (nm)"),
+            ("chunk_size", "64, 64, 64", "x, y, z (empty: automatic)", "Chunk size"),
         ]:
             w = LineEdit(value=default)
             w.native.setPlaceholderText(hint)
-            add(name, w, name)
-        add("encoding", ComboBox(choices=list(md.ENCODINGS), value="raw"), "encoding")
-        add("jpeg_quality", SpinBox(value=75, min=0, max=100), "jpeg_quality")
+            add(name, w, label)
+        add("encoding", ComboBox(choices=list(md.ENCODINGS), value="raw"), "Encoding")
+        add("jpeg_quality", SpinBox(value=75, min=0, max=100), "JPEG quality")
         add(
             "png_level",
             ComboBox(choices=[("default", None)] + [(str(i), i) for i in range(10)], value=None),
-            "png_level",
+            "PNG level",
         )
         block = LineEdit(value="8, 8, 8")
-        block.native.setPlaceholderText("x, y, z (empty: chosen automatically)")
-        add("block_size", block, "compressed_segmentation_block_size")
-        add("sharding", ComboBox(choices=list(SHARDING_MODES), value="none"), "sharding")
+        block.native.setPlaceholderText("x, y, z (empty: automatic)")
+        add("block_size", block, "Block size")
+        add("sharding", ComboBox(choices=list(SHARDING_MODES), value="none"), "Sharding")
         add(
             "shard_mib",
             FloatSpinBox(value=64.0, min=0.001, max=1e7, step=1.0),
-            "target shard size (MiB, uncompressed)",
+            "Shard size (MiB)",
         )
-        add("preshift_bits", SpinBox(value=0, min=0, max=64), "preshift_bits")
-        add("minishard_bits", SpinBox(value=0, min=0, max=64), "minishard_bits")
-        add("shard_bits", SpinBox(value=0, min=0, max=64), "shard_bits")
-        add("hash", ComboBox(choices=["identity", "murmurhash3_x86_128"]), "hash")
+        add("preshift_bits", SpinBox(value=0, min=0, max=64), "Preshift bits")
+        add("minishard_bits", SpinBox(value=0, min=0, max=64), "Minishard bits")
+        add("shard_bits", SpinBox(value=0, min=0, max=64), "Shard bits")
+        add("hash", ComboBox(choices=["identity", "murmurhash3_x86_128"]), "Hash")
         add(
             "minishard_index_encoding",
             ComboBox(choices=["raw", "gzip"], value="gzip"),
-            "minishard_index_encoding",
+            "Minishard index",
         )
-        add("data_encoding", ComboBox(choices=["raw", "gzip"], value="gzip"), "data_encoding")
+        add("data_encoding", ComboBox(choices=["raw", "gzip"], value="gzip"), "Shard data")
+        self.fields["shard_mib"].tooltip = "Target size of a shard, uncompressed"
+        self.fields["block_size"].tooltip = "compressed_segmentation block size (x, y, z)"
 
         self._header("Result")
-        self.key_label = Label(value="")
-        self.append(self.key_label)
+        self.key_label = _wrapping_label()
+        self.form.append(self.key_label)
         self.preview = TextEdit(value="")
         self.preview.native.setReadOnly(True)
-        self.preview.native.setMinimumHeight(160)
-        self.preview.native.setMaximumHeight(360)
-        self.append(self.preview)
+        self.preview.native.setMinimumHeight(120)
+        self.preview.native.setMaximumHeight(300)
+        self.form.append(self.preview)
         add("open_layer", CheckBox(value=True, text="Open as a layer when done"), "")
         msg = _wrapping_label()
         self.messages["general"] = msg
-        self.append(msg)
+        self.form.append(msg)
         self.create_button = PushButton(text="Create")
         self.create_button.changed.connect(lambda *_: self.create())
         self.cancel_button = PushButton(text="Cancel")
@@ -363,9 +458,9 @@ class CreateVolumeWidget(Container):
             labels=False,
         )
         buttons.margins = (0, 0, 0, 0)
-        self.append(buttons)
+        self.form.append(buttons)
         self.status = _wrapping_label()
-        self.append(self.status)
+        self.form.append(self.status)
 
     # -- public helpers (also what the tests drive) ---------------------------------------
     def field_value(self, name: str) -> Any:
@@ -373,6 +468,7 @@ class CreateVolumeWidget(Container):
 
     def set_values(self, **values: Any) -> None:
         """Set several fields, validating once at the end."""
+        self._pristine = False
         with self._batch():
             for name, v in values.items():
                 self.fields[name].value = v
@@ -436,7 +532,7 @@ class CreateVolumeWidget(Container):
             "chunk_size": _fmt_vec(sm["chunk_size"]),
             "encoding": sm["encoding"],
             "sharding": sharding,
-            "levels": len(spec.factors),
+            "levels": len(spec.factors) + 1,
         }
         if "compressed_segmentation_block_size" in sm:
             values["block_size"] = _fmt_vec(sm["compressed_segmentation_block_size"])
@@ -456,10 +552,12 @@ class CreateVolumeWidget(Container):
             kv = open_kvstore(req.kvstore, **(req.storage_options or {}))
             meta, _ = read_info(kv, req.path)
             if meta is None:
-                raise FileNotFoundError(f'no volume at {dest}: "{req.path}info" does not exist')
+                raise FileNotFoundError(
+                    f"no volume at {dest}: it has no info file (type the folder that holds it)"
+                )
             marker = find_incomplete(dest, kvstore=kv)
         except (PrecomputedError, OSError, ValueError) as e:
-            self._set_status(f"Cannot load {dest or 'the volume'}: {e}")
+            self._set_status(f"Cannot load {dest or 'the volume'}: {gui_terms(str(e), dest)}")
             self.validate()
             return False
         self._existing = meta
@@ -550,6 +648,7 @@ class CreateVolumeWidget(Container):
     def _on_field_changed(self, name: str, *_: Any) -> None:
         if self._updating:
             return
+        self._pristine = False
         if name == "layer":
             self.fill_from_layer(self.field_value("layer"))
             return
@@ -706,7 +805,7 @@ class CreateVolumeWidget(Container):
         if not new and existing is None:
             errors["destination"] = "load the volume's info first (Load info)"
         uses_factor = (not new and bool(self.field_value("fill"))) or (
-            new and self.field_value("levels") > 0
+            new and self.field_value("levels") > 1
         )
         factor = self._factor(errors) if uses_factor else None
         if self.field_value("sharding") == "automatic" and "layer" not in errors:
@@ -722,11 +821,23 @@ class CreateVolumeWidget(Container):
             self._check_plan(plan, factor, errors)
         if plan is not None and new and factor is not None and not errors:
             try:
-                plan_pyramid(plan.metadata, plan.scale_index, [factor] * self.field_value("levels"))
+                extra = int(self.field_value("levels")) - 1  # the count includes scale 0
+                plan_pyramid(plan.metadata, plan.scale_index, [factor] * extra)
             except (PrecomputedError, ValueError) as e:
                 errors["levels"] = _short(e)
-        if new and not str(self.field_value("destination")).strip():
+        dest = str(self.field_value("destination")).strip()
+        if new and not dest:
             notes.setdefault("destination", "where to create the volume")
+        elif new and "destination" not in errors:
+            taken = _holds_volume(dest)
+            if taken:
+                errors["destination"] = (
+                    f"{taken} already holds a Precomputed volume. Choose a new folder, or "
+                    "switch to Add scale to add a scale to it."
+                )
+        if self._pristine:  # before any input: what is missing, not in red
+            for name in [n for n in errors if n in _REQUIRED]:
+                notes.setdefault(name, errors.pop(name))
         self.errors = errors
         self.notes = notes
         self.plan = plan if not errors else None
@@ -734,7 +845,12 @@ class CreateVolumeWidget(Container):
         self._scale_metadata = sm if not errors else None
         self._show_messages()
         self._show_preview(plan if not errors else None)
-        ready = not errors and bool(str(self.field_value("destination")).strip()) and not self.busy
+        ready = (
+            not errors
+            and not (self._pristine and set(notes) & set(_REQUIRED) - {"destination"})
+            and bool(dest)
+            and not self.busy
+        )
         self.create_button.enabled = ready
 
     def _plan_all_errors(
@@ -832,7 +948,10 @@ class CreateVolumeWidget(Container):
 
     def _show_preview(self, plan: ScalePlan | None) -> None:
         if plan is None:
-            self.key_label.value = "key: -- (fix the fields marked in red)"
+            self.key_label.value = (
+                "key: -- (fix the fields marked in red)" if self.errors
+                else "key: -- (give the size and where to create the volume)"
+            )  # fmt: skip
             self.preview.value = ""
             return
         s = plan.scale
@@ -861,7 +980,7 @@ class CreateVolumeWidget(Container):
         sm = dict(self._scale_metadata)
         if self.mode == NEW:
             mm = dict(self._multiscale_metadata or {})
-            levels = int(self.field_value("levels"))
+            levels = int(self.field_value("levels")) - 1  # downsampled below scale 0
             factor = self._factor({}) if levels else None
             spec = self._layer_spec if self.field_value("layer") is not None else None
             func: Callable[..., Any] = partial(
@@ -946,13 +1065,25 @@ class CreateVolumeWidget(Container):
 
     def _on_errored(self, dest: str, error: BaseException) -> None:
         self.last_error = error
+        text = gui_terms(str(error), dest)
         if isinstance(error, Cancelled):
-            self._set_status("Cancelled: what was written has been removed")
+            self._set_status("Cancelled: the data this creation wrote has been removed")
         elif isinstance(error, IncompleteVolumeError):
             self._incomplete_dest = dest
-            self._set_status(f"Failed, and the partial data remains: {error}")
+            self._set_status(
+                f"Failed, and part of what it wrote remains (Delete incomplete volume removes "
+                f"it): {text}"
+            )
+        elif isinstance(error, AlreadyExistsError):
+            self._set_status(
+                f"Not created: {dest} already holds a volume, which was left untouched. "
+                "Choose a new folder, or switch to Add scale to add a scale to it."
+            )
         else:
-            self._set_status(f"Failed: {error}. What was written has been removed.")
+            self._set_status(
+                f"Failed: {text}. The data this creation wrote has been removed; nothing that "
+                "was there before was changed."
+            )
 
     def _on_finished(self) -> None:
         if self._pbar is not None:

@@ -32,9 +32,10 @@ from precomputed import PrecomputedError
 
 from .._reader import layer_volumes
 from ..editing import policy
+from ..editing.readonly import read_only_reason, save_edits_as_volume, suggest_copy_path
 from ..editing.region import DEFAULT_VOXEL_BUDGET
 from ..editing.remesh import remesh_target
-from ..editing.results import CommitError, CommitResult
+from ..editing.results import CommitError, CommitResult, plural
 from ..editing.session import COMMIT_KEY, EditSession, edit_labels, open_sessions, unwrap_viewer
 
 __all__ = ["EditLabelsWidget", "QtPrompt", "QT_PROMPT", "commit_in_background", "ask_unsaved"]
@@ -297,11 +298,21 @@ class EditLabelsWidget(Container):
         self.remesh.tooltip = "On when the segmentation has multi-resolution meshes we can rewrite"
         self._remesh_checked: dict[int, tuple[bool, str]] = {}  # id(session) -> (can, why not)
         self._syncing_remesh = False
+        self._read_only: dict[int, str | None] = {}  # id(session) -> why it cannot be written
         self._remesh_worker: Any = None
         self.commit_button = PushButton(text=f"Commit ({COMMIT_KEY})")
         self.discard_button = PushButton(text="Discard edits")
-        self.status = Label(label="Uncommitted", value="")
-        self.result = Label(label="Last commit", value="")
+        self.save_path = LineEdit(label="New volume", value="")
+        self.save_path.native.setPlaceholderText("a new local folder for a copy of the edits")
+        self.save_button = PushButton(text="Save edits as a new volume")
+        self.save_button.tooltip = (
+            "Write the edited region to a new local volume with the source's geometry "
+            "(for a source that cannot be written, or to keep a copy)"
+        )
+        self._save_worker: Any = None
+        self.last_saved: str | None = None
+        self.status = Label(label="Edits", value="")
+        self.result = Label(label="", value="")
         for w in (self.status, self.result):
             w.native.setWordWrap(True)
         self.extend(
@@ -318,6 +329,8 @@ class EditLabelsWidget(Container):
                 self.remesh,
                 self.commit_button,
                 self.discard_button,
+                self.save_path,
+                self.save_button,
                 self.status,
                 self.result,
             ]
@@ -328,6 +341,7 @@ class EditLabelsWidget(Container):
         self.open_button.changed.connect(lambda *_: self.open_session())
         self.commit_button.changed.connect(lambda *_: self.commit())
         self.discard_button.changed.connect(lambda *_: self.discard())
+        self.save_button.changed.connect(lambda *_: self.save_as_new_volume())
         self.sessions.changed.connect(self._on_session_chosen)
         self.remesh.changed.connect(self._on_remesh_event)
         if napari_viewer is not None:
@@ -529,8 +543,73 @@ class EditLabelsWidget(Container):
         self.sessions.value = session
         r = session.region
         box = ", ".join(f"{a}-{b}" for a, b in zip(r.start, r.stop, strict=True))
-        self._set_result(f"Editing x, y, z {box} of scale {session.volume.scale.key}")
+        why = self.read_only(session)
+        if why is not None:
+            if not str(self.save_path.value).strip():
+                self.save_path.value = suggest_copy_path(session.volume, r)
+            self._set_result(
+                f"Read-only source: {why}. Edits of x, y, z {box} (scale "
+                f"{session.volume.scale.key}) cannot be committed to it: save them as a new "
+                "volume below.",
+                error=True,
+            )
+        else:
+            self._set_result(f"Editing x, y, z {box} of scale {session.volume.scale.key}")
         self.update_status()
+
+    def read_only(self, session: EditSession | None = None) -> str | None:
+        """Why the (current) session's source can never be written; None if it can."""
+        s = session if session is not None else self.session
+        if s is None:
+            return None
+        if id(s) not in self._read_only:  # checked once per session
+            self._read_only[id(s)] = read_only_reason(s.volume)
+        return self._read_only[id(s)]
+
+    def save_as_new_volume(self, destination: str | None = None) -> bool:
+        """Write the current session's region (with its edits) as a new volume, in a
+        worker; False if there is nothing to save or no destination."""
+        from napari.qt.threading import create_worker
+
+        s = self.session
+        if s is None or self._save_worker is not None:
+            return False
+        dest = (destination or str(self.save_path.value)).strip()
+        if not dest:
+            self._set_result("Type a folder for the new volume first", error=True)
+            return False
+        self.save_path.value = dest
+        self.save_button.enabled = False
+        self._set_result(f"Saving the edited region to {dest} ...")
+
+        def returned(_vol: Any) -> None:
+            self.last_saved = dest
+            self._set_result(
+                f"Saved the edited region as a new volume at {dest} (the source's geometry; "
+                "open it with File > Open Folder...)."
+            )
+
+        def errored(error: BaseException) -> None:
+            if isinstance(error, FileExistsError):
+                text = (
+                    f"{dest} already holds a volume; it was left as it is. Choose another "
+                    "folder for the new volume."
+                )
+            else:
+                text = f"Could not save the new volume at {dest}: {error}"
+            self._set_result(text, error=True)
+
+        def finished() -> None:
+            self._save_worker = None
+            self.update_status()
+
+        worker = create_worker(save_edits_as_volume, s, dest, _ignore_errors=True)
+        worker.returned.connect(returned)
+        worker.errored.connect(errored)
+        worker.finished.connect(finished)
+        self._save_worker = worker
+        worker.start()
+        return True
 
     @property
     def busy(self) -> bool:
@@ -563,7 +642,7 @@ class EditLabelsWidget(Container):
             self.last_result = outcome
             remesh = outcome.remesh
             failed = remesh is not None and remesh.error is not None
-            self._set_result(outcome.summary(), error=failed)
+            self._set_result(f"Last commit: {outcome.summary()}", error=failed)
             if failed:
                 from napari.utils.notifications import show_warning
 
@@ -580,7 +659,8 @@ class EditLabelsWidget(Container):
         if s is None or not s.dirty_chunks or s.committing:
             return False
         n = s.dirty_chunks
-        if not ask_discard(self.viewer, f"Discard the edits in {n} chunk(s) of {s.layer.name!r}?"):
+        question = f"Discard the edits in {n} chunk{plural(n)} of {s.layer.name!r}?"
+        if not ask_discard(self.viewer, question):
             return False
         s.discard()
         self._set_result("Edits discarded")
@@ -599,10 +679,13 @@ class EditLabelsWidget(Container):
         if s is None or s.closed:
             self.status.value = "No edit layer"
             self.commit_button.enabled = self.discard_button.enabled = False
+            self.save_button.enabled = False
             return
         self.status.value = "Committing ..." if s.committing else s.status()
-        self.commit_button.enabled = not self.busy and not s.committing
+        writable = self.read_only(s) is None
+        self.commit_button.enabled = writable and not self.busy and not s.committing
         self.discard_button.enabled = bool(s.dirty_chunks) and not s.committing
+        self.save_button.enabled = self._save_worker is None and not s.committing
 
     def _set_result(self, text: str, error: bool = False) -> None:
         self.result.value = text

@@ -62,7 +62,7 @@ class Destination:
         return {"driver": DRIVER, "kvstore": self.kv.spec(), "path": self.path, **members}
 
     def open(self, *, create: bool = False, **members: Any) -> Volume:
-        options = {"create": True} if create else {}
+        options: dict[str, Any] = {"create": True} if create else {}
         return open_volume(self.spec(**members), kvstore=self.kv, context=self.context, **options)
 
 

@@ -159,31 +159,36 @@ class FileKvStore(KvStore):
             return None
 
     def _read_range(self, key: str, start: int, stop: int | None) -> bytes | None:
-        return self._read_ranges_of(key, [(start, stop)])[0]
+        return self._read_ranges_of(key, [(start, stop)])[0][0]
 
-    def _read_ranges_of(self, key: str, ranges: list[tuple[int, int | None]]) -> list[bytes | None]:
-        """Several ranges of one file: one open, one ``pread`` each (no buffered reader)."""
+    def _read_ranges_of(
+        self, key: str, ranges: list[tuple[int, int | None]], sized: bool = False
+    ) -> tuple[list[bytes | None], int | None]:
+        """Several ranges of one file: one open, one ``pread`` each (no buffered reader);
+        with the file's size when ``sized`` (None: missing, or not asked for)."""
         try:
             fd = os.open(self._path(key), os.O_RDONLY | _O_CLOEXEC | _O_BINARY)
         except _MISSING:
-            return [None] * len(ranges)
+            return [None] * len(ranges), None
         try:
-            if all(stop is not None and 0 <= start < stop for start, stop in ranges):
+            if not sized and all(stop is not None and 0 <= start < stop for start, stop in ranges):
                 # Explicit ranges need no size: pread stops at the end of the file, and
                 # on a directory (not a key) it fails.
                 try:
-                    return [_pread_all(fd, b - a, a) for a, b in ranges]  # type: ignore[operator]
+                    return [_pread_all(fd, b - a, a) for a, b in ranges], None  # type: ignore[operator]
                 except IsADirectoryError:
-                    return [None] * len(ranges)
+                    return [None] * len(ranges), None
             st = os.fstat(fd)
             if stat.S_ISDIR(st.st_mode):  # a directory is not a key
-                return [None] * len(ranges)
+                return [None] * len(ranges), None
             size = st.st_size
             out: list[bytes | None] = []
             for start, stop in ranges:
                 a, b, _ = slice(start, stop).indices(size)  # Python slice semantics, clipped
                 out.append(_pread_all(fd, b - a, a) if b > a else b"")
-            return out
+            # The descriptor's inode is never modified in place (writers rename a new
+            # file over it), so this size is the size of the bytes read.
+            return out, size
         finally:
             os.close(fd)
 
@@ -209,13 +214,23 @@ class FileKvStore(KvStore):
             os.close(fd)
 
     def _read_ranges(self, requests: list[tuple[str, int, int | None]]) -> list[bytes | None]:
+        return self._ranges_by_file(requests, False)[0]
+
+    def _read_ranges_sized(
+        self, requests: list[RangeRequest]
+    ) -> tuple[list[bytes | None], dict[str, int]]:
+        return self._ranges_by_file(requests, True)
+
+    def _ranges_by_file(
+        self, requests: list[RangeRequest], sized: bool
+    ) -> tuple[list[bytes | None], dict[str, int]]:
         by_key: dict[str, list[int]] = {}
         for i, (k, _, _) in enumerate(requests):
             by_key.setdefault(k, []).append(i)
         keys = list(by_key)
 
-        def one(k: str) -> list[bytes | None]:
-            return self._read_ranges_of(k, [requests[i][1:] for i in by_key[k]])
+        def one(k: str) -> tuple[list[bytes | None], int | None]:
+            return self._read_ranges_of(k, [requests[i][1:] for i in by_key[k]], sized)
 
         # Small reads from the page cache take microseconds: a thread hand-off per file
         # costs more than the read, so only large batches fan out.
@@ -227,10 +242,13 @@ class FileKvStore(KvStore):
         else:
             results = [one(k) for k in keys]
         out: list[bytes | None] = [None] * len(requests)
-        for k, blobs in zip(keys, results, strict=True):
+        sizes: dict[str, int] = {}
+        for k, (blobs, size) in zip(keys, results, strict=True):
+            if size is not None:
+                sizes[k] = size
             for i, blob in zip(by_key[k], blobs, strict=True):
                 out[i] = blob
-        return out
+        return out, sizes
 
     def _read_with_generation(self, key: str) -> tuple[bytes | None, Generation]:
         try:

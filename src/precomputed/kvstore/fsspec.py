@@ -179,6 +179,22 @@ class FsspecKvStore(RemoteKvStore):
 
         return self._run(batch)
 
+    def _read_ranges_sized(
+        self, requests: list[RangeRequest]
+    ) -> tuple[list[bytes | None], dict[str, int]]:
+        # fsspec's range reads do not report the object's size: ask for it alongside
+        # (one metadata request per key, concurrent with the ranges; best effort).
+        reqs = [(self._path(k), a, b) for k, a, b in requests]
+        keys = list(dict.fromkeys(k for k, _, _ in requests))
+
+        async def batch() -> list[Any]:
+            ranges = [self._f_read_range(*r) for r in reqs]
+            return await self._bounded([*ranges, *(self._f_size(self._path(k)) for k in keys)])
+
+        got = self._run(batch)
+        blobs, found = got[: len(reqs)], got[len(reqs) :]
+        return blobs, {k: n for k, n in zip(keys, found, strict=True) if n is not None}
+
     def _read_with_generation(self, key: str) -> tuple[bytes | None, Generation]:
         data = self._read(key)
         return data, hash_generation(data)

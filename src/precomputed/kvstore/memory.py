@@ -80,6 +80,26 @@ class MemoryKvStore(KvStore):
     def _read_ranges(self, requests: list[tuple[str, int, int | None]]) -> list[bytes | None]:
         return [self._read_range(*r) for r in requests]
 
+    def _read_ranges_sized(
+        self, requests: list[RangeRequest]
+    ) -> tuple[list[bytes | None], dict[str, int]]:
+        # One file object per key for the whole call: one generation, so its size is the
+        # size of every range taken from it.
+        files: dict[str, MemoryFile | None] = {}
+        sizes: dict[str, int] = {}
+        out: list[bytes | None] = []
+        for k, a, b in requests:
+            if k not in files:
+                files[k] = self._file(k)
+            f = files[k]
+            if f is None:
+                out.append(None)
+                continue
+            with f.getbuffer() as view:
+                out.append(bytes(view[a:b]))
+                sizes[k] = view.nbytes
+        return out, sizes
+
     def _read_with_generation(self, key: str) -> tuple[bytes | None, Generation]:
         f = self._file(key)
         if f is None:

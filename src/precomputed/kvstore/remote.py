@@ -81,6 +81,8 @@ class _Got:
     outcome: str
     data: bytes | None = None
     generation: Generation | None = None
+    #: The object's size in bytes, where the answer told it (None: missing or unknown).
+    size: int | None = None
 
 
 async def gather_or_cancel(coros: list[Awaitable[T]]) -> list[T]:
@@ -235,13 +237,14 @@ class RemoteKvStore(KvStore):
             return None
         data = resp.data
         if status == 200:
+            size = len(data)
             if kind not in ("whole",):
                 data = data[start:stop]  # the server sent the whole object: slice it
-            return _Got("ok", data, resp.generation)
+            return _Got("ok", data, resp.generation, size)
         if status != 206 or kind == "whole" or kind == "local":
             raise Transient(f"unexpected HTTP {status} to {rng or 'a whole-object GET'}")
         if data == b"" and (resp.content_range or "").endswith("/0"):
-            return _Got("ok", b"", resp.generation)  # an empty object (fake-gcs: "bytes 0--1/0")
+            return _Got("ok", b"", resp.generation, 0)  # an empty object (fake-gcs: "bytes 0--1/0")
         m = _CONTENT_RANGE.match(resp.content_range or "")
         if m is None:
             raise Transient(f"a 206 answer with Content-Range {resp.content_range!r} to {rng}")
@@ -259,7 +262,7 @@ class RemoteKvStore(KvStore):
             raise Transient(f"the server answered bytes {a}-{b}/{total_s} to {rng}")
         if len(data) != b - a + 1:
             raise Transient(f"the body was cut short: {len(data)} of {b - a + 1} bytes")
-        return _Got("ok", data, resp.generation)
+        return _Got("ok", data, resp.generation, total)
 
     async def _a_head(self, key: str) -> Response:
         what = f"reading metadata of {self._describe(key)}"
@@ -289,7 +292,11 @@ class RemoteKvStore(KvStore):
         for _ in range(3):
             if kind == "empty":
                 head = await self._a_head(key)
-                got = _Got("missing", None, NO_VALUE) if head.status == 404 else _Got("ok", b"", head.generation)
+                got = (
+                    _Got("missing", None, NO_VALUE)
+                    if head.status == 404
+                    else _Got("ok", b"", head.generation, head.size)
+                )
                 break
 
             async def attempt(n: int) -> _Got | None:
@@ -308,7 +315,7 @@ class RemoteKvStore(KvStore):
                 break
             size = head.size or 0
             if size == 0 or (kind in ("range", "open") and start >= size):
-                got = _Got("ok", b"", head.generation)
+                got = _Got("ok", b"", head.generation, head.size)
                 break
             got = None
         if got is None:
@@ -342,6 +349,23 @@ class RemoteKvStore(KvStore):
             return await self._bounded([self._a_read(k, a, b) for k, a, b in requests])
 
         return self._run(batch)
+
+    def _read_ranges_sized(
+        self, requests: list[RangeRequest]
+    ) -> tuple[list[bytes | None], dict[str, int]]:
+        async def batch() -> list[_Got]:
+            return await self._bounded([self._a_get(k, a, b) for k, a, b in requests])
+
+        answers = self._run(batch)
+        sizes: dict[str, int] = {}
+        torn: set[str] = set()  # replaced by another size during the call: size unknown
+        for (k, _, _), got in zip(requests, answers, strict=True):
+            if got.size is not None:
+                if sizes.setdefault(k, got.size) != got.size:
+                    torn.add(k)
+        for k in torn:
+            del sizes[k]
+        return [got.data for got in answers], sizes
 
     async def _a_read_with_generation(self, key: str) -> tuple[bytes | None, Generation]:
         got = await self._a_get(key, 0, None)

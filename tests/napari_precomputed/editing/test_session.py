@@ -145,12 +145,13 @@ def test_undo_back_to_original_leaves_storage_untouched(
     session.layer.fill((10, 50, 50), 31)
     session.layer.undo()
     session.layer.undo()
-    assert session.dirty_chunks > 0  # dirty, but equal to what is stored
+    # The dirty state follows undo: chunks equal to what is stored are clean again.
+    assert session.dirty_chunks == 0 and session.status() == "No uncommitted edits"
     kv = session.volume.kvstore
     kv.stats.clear()
     result = session.commit()
     assert kv.stats["write"] == kv.stats["delete"] == 0
-    assert result.unchanged == 2 and session.dirty_chunks == 0
+    assert result.unchanged == 0 and session.dirty_chunks == 0
     assert {p: p.read_bytes() for p in path.rglob("*") if p.is_file()} == files
 
 

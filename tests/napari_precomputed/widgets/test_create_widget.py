@@ -122,11 +122,15 @@ def test_preview_is_the_info_the_driver_will_write(widget, tmp_path):
             "",
         ),
         ({"size": "", "voxel_offset": "1, 2, 3"}, "voxel_offset", 'without "size"'),
-        ({"size": "", "voxel_offset": ""}, "size", "domain must be specified"),
+        ({"size": "", "voxel_offset": ""}, "size", "required: the volume's size in voxels"),
         ({"size": "10, 20"}, "size", "expected 3 values"),
         ({"resolution": "4, four, 40"}, "resolution", "'four' is not a number"),
-        ({"chunk_size": "0, 8, 8"}, "chunk_size", "range [1,"),
-        ({"sharding": "explicit", "minishard_bits": 4, "shard_bits": 62}, "shard_bits", "range"),
+        ({"chunk_size": "0, 8, 8"}, "chunk_size", "x must be a whole number of at least 1, not 0"),
+        (
+            {"sharding": "explicit", "minishard_bits": 4, "shard_bits": 62},
+            "shard_bits",
+            "must be a whole number from 0 to 60, not 62",
+        ),
         ({"encoding": "compressed_segmentation", "block_size": "8, 0, 8"}, "block_size", ""),
     ],
 )
@@ -224,18 +228,20 @@ def test_labels_layer_fills_the_fields_and_create_writes_a_volume_tensorstore_re
     assert "int32 labels are stored as uint32" in shown_message(widget, "layer")
 
     dest = tmp_path / "seg"
-    widget.set_values(destination=str(dest), levels=1, factor="2, 2, 1")
+    widget.set_values(destination=str(dest), levels=2, factor="2, 2, 1")  # 2 scales
     expected_info = widget.preview_info()
+    scale_metadata = widget._scale_metadata
     assert widget.create()
     wait(qtbot, widget)
     assert widget.last_error is None, widget.status.value
     info = json.loads((dest / "info").read_bytes())
     assert info["scales"][0] == expected_info["scales"][0] and len(info["scales"]) == 2
+    assert "already holds a Precomputed volume" in widget.errors["destination"]  # now it does
 
     # The library, given the same metadata, writes the same info and data.
     spec_mm = {"type": "segmentation", "data_type": "uint32", "num_channels": 1}
     lib = tmp_path / "lib"
-    C.create_volume(str(lib), spec_mm, widget._scale_metadata, data=labels, axes="zyx", levels=1)
+    C.create_volume(str(lib), spec_mm, scale_metadata, data=labels, axes="zyx", levels=1)
     assert (lib / "info").read_bytes() == (dest / "info").read_bytes()
     for i in range(2):
         np.testing.assert_array_equal(ts_read(dest, i), ts_read(lib, i))
@@ -337,7 +343,7 @@ def test_cancel_removes_everything(widget, qtbot, viewer_model, tmp_path, monkey
 
     monkeypatch.setattr(_create, "create_volume", cancelling)
     widget.fields["layer"].value = layer
-    widget.set_values(destination=str(tmp_path / "em"), chunk_size="8, 8, 8", levels=2)
+    widget.set_values(destination=str(tmp_path / "em"), chunk_size="8, 8, 8", levels=3)
     assert widget.create()
     wait(qtbot, widget)
     assert isinstance(widget.last_error, C.Cancelled)
@@ -386,7 +392,7 @@ def test_the_widget_is_contributed_by_the_manifest(viewer_model):
 
     manifest = PluginManager.instance().get_manifest(PLUGIN)
     by_name = {w.display_name: w for w in manifest.contributions.widgets}
-    contribution = by_name["Create Precomputed volume"]
+    contribution = by_name["Create volume"]
     command = PluginManager.instance().get_command(contribution.command)
     assert command.python_name == "napari_precomputed.widgets.create:CreateVolumeWidget"
 
@@ -397,12 +403,12 @@ def test_docked_from_the_plugins_menu_it_creates_and_opens_a_layer(
     make_napari_viewer, qtbot, tmp_path
 ):
     viewer = make_napari_viewer()
-    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Create Precomputed volume")
+    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Create volume")
     assert isinstance(widget, CreateVolumeWidget)
     viewer.add_labels(np.arange(6 * 20 * 30).reshape(6, 20, 30) % 5, name="cells")
     combo = widget.fields["layer"]
     combo.value = combo.get_choice("cells")  # the choices followed the layer list
-    widget.set_values(destination=str(tmp_path / "cells"), levels=1)
+    widget.set_values(destination=str(tmp_path / "cells"), levels=2)
     assert widget.create()
     wait(qtbot, widget)
     assert widget.last_error is None, widget.status.value
@@ -421,5 +427,5 @@ def test_independent_problems_are_all_shown_at_once(widget, tmp_path):
         shard_bits=63,
     )
     assert set(widget.errors) == {"voxel_offset", "encoding", "shard_bits"}
-    assert widget.errors["shard_bits"] == "Expected integer in the range [0, 61], but received: 63"
+    assert widget.errors["shard_bits"] == "must be a whole number from 0 to 61, not 63"
     assert not widget.can_create

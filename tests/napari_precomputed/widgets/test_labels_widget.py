@@ -81,7 +81,7 @@ def test_widget_commits_in_a_worker_and_keeps_edits_on_failure(
     session.volume.kvstore.read_only = False
     commit_and_wait(widget, qtbot)
     assert widget.last_error is None and session.dirty_chunks == 0
-    assert widget.result.value == widget.last_result.summary()
+    assert widget.result.value == f"Last commit: {widget.last_result.summary()}"
     assert "2 chunks stored in 2 shards" in widget.result.value
     assert widget.status.value == "No uncommitted edits"
     stored, _ = ts_read(seg_path, 0)
@@ -126,7 +126,7 @@ def _paint_commit_and_guards(
 ) -> None:
     viewer.open(str(seg_path), plugin=PLUGIN)
     (pyramid,) = viewer.layers
-    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Edit labels (Precomputed)")
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Edit labels")
     assert isinstance(widget, EditLabelsWidget) and widget.source.value is pyramid
     viewer.dims.set_point(0, 5 * 40.0)
     session = widget.open_session()  # what is in view (the whole plane), chunk of z = 5

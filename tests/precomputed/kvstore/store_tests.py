@@ -109,6 +109,26 @@ class ReadableStoreTests:
         assert store.read_ranges(reqs) == want
         assert store.read_many([]) == [] and store.read_ranges([]) == []
 
+    def test_sized_range_reads_report_every_object_size(self, store: KvStore, put: Any) -> None:
+        put("k", DATA)
+        put("small", b"abc")
+        put("empty", b"")
+        reqs = [
+            ("k", 10, 20), ("missing", 0, 4), ("k", 900, 1100), ("small", 1, 2),
+            ("empty", 0, 8), ("k", 2000, 2002), ("small", -2, None), ("k", 500, 510),
+        ]
+        blobs, sizes = store.read_ranges_sized(reqs)
+        assert blobs == [DATA[10:20], None, DATA[900:], b"b", b"", b"", b"bc", DATA[500:510]]
+        assert sizes == {"k": len(DATA), "small": 3, "empty": 0}
+        assert store.read_ranges_sized([]) == ([], {})
+
+    def test_sized_range_reads_cost_only_the_range_requests(self, store: KvStore, put: Any) -> None:
+        put("k", DATA)
+        store.request_log = []
+        store.read_ranges_sized([("k", 0, 16), ("k", 512, 600)])
+        # the sizes come with the answers: no metadata request, no probe of the size
+        assert [op for op, *_ in store.request_log] == ["read_range", "read_range"]
+
     # -- generations -----------------------------------------------------------------------
     def test_generation_changes_with_the_bytes(self, store: KvStore, put: Any) -> None:
         put("g", DATA)
