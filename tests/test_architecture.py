@@ -42,7 +42,7 @@ DRIVER_LAYERS: list[tuple[str, list[str]]] = [
     ("one scale", ["cache", "context", "scale", "revalidate", "readpath", "writepath", "transaction"]),
     # dask sits below volume (not with the builders): Volume.to_dask and the package's
     # public store/to_dask call it, and it needs only a view's public surface.
-    ("arrays", ["views", "dask", "volume"]),
+    ("arrays", ["views", "dask", "reprs", "volume"]),
     ("face", ["driver", ""]),
     ("builders", [
         "downsample",
@@ -50,7 +50,8 @@ DRIVER_LAYERS: list[tuple[str, list[str]]] = [
         "meshes.mesh", "meshes.draco", "meshes.manifest", "meshes.info", "meshes.legacy",
         "meshes.octree", "meshes.generate", "meshes.reader", "meshes.writer", "meshes",
         "segment_properties.model", "segment_properties.io", "segment_properties",
-        "samples", "cli",
+        "convert.sources", "convert.build", "convert.export", "convert", "copy",
+        "samples", "notebook", "cli",
     ]),
 ]
 

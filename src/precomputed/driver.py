@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from . import constraints
+from . import constraints, reprs
 from . import metadata as md
 from .chunkstore import ChunkStore, ShardedChunkStore, UnshardedChunkStore
 from .codecs import stored_size_bounds
@@ -163,6 +163,9 @@ def open_scale(
     else:
         req = h.request
     return _make_volume(h.kvstore, h.path, meta, index, None, req.for_scale(index), h.context)
+
+
+reprs.register_scale_opener(open_scale)  # thumbnails from the coarsest scale
 
 
 def _context_from(req: OpenRequest) -> Context:

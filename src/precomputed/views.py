@@ -150,6 +150,14 @@ class ZyxArray(ArrayLike):
     def __repr__(self) -> str:
         return f"<ZyxArray shape={self.shape} dtype={self.dtype} of {self._vol!r}>"
 
+    def _repr_html_(self) -> str | None:
+        """Jupyter's rich display: the volume it presents (scales, thumbnail)."""
+        show = getattr(self._vol, "_repr_html_", None)
+        if show is None:
+            return None
+        text: str = show()
+        return f"<div><code>{type(self).__name__} shape={self.shape}</code></div>" + text
+
     # -- indexing ---------------------------------------------------------------------
     def __getitem__(self: _Z, key: Any) -> _Z:
         sel, kept = compose_selection(self._sel, self._kept, key)

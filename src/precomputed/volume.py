@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from . import dask, readpath, writepath
+from . import dask, readpath, reprs, writepath
 from . import sharding as sh
 from .chunkstore import CommitStats
 from .context import Context
@@ -110,6 +110,10 @@ class Volume(ArrayLike):
             f"<precomputed.Volume {self._h.kvstore.url}{self._h.path} scale {self._h.scale_index} "
             f"key={self._h.scale.key!r} domain={self.domain!r} dtype={self.dtype}>"
         )
+
+    def _repr_html_(self) -> str:
+        """Jupyter's rich display: the scales table and a thumbnail (``reprs``)."""
+        return reprs.volume_html(self, self._start, self._stop)
 
     # -- metadata ---------------------------------------------------------------------
     @property
