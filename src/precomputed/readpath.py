@@ -28,7 +28,7 @@ from .internal import recycle
 from .internal.geometry import Box, Vec3, zyx_slices
 from .scale import MISSING, ChunkOverlay, OpenedScale
 
-__all__ = ["READ_BATCH", "fetch", "read_box", "read_boxes", "copy_rows"]
+__all__ = ["READ_BATCH", "fetch", "prefetch", "read_box", "read_boxes", "copy_rows"]
 
 #: Cached (with a chunk's slabs) once its size has proved it a raw chunk: slabs are voxels.
 _SIZE_OK = np.ones(1, np.uint8)
@@ -184,6 +184,20 @@ def fetch(
             if i + 1 < len(batches):
                 ahead = io.submit(read, batches[i + 1])
             process(batch, epoch, blobs)
+
+
+def prefetch(scale: OpenedScale, positions: Sequence[Vec3]) -> int:
+    """Fetch the chunks at ``positions`` that are not cached yet into the context's cache
+    (all at once, as :func:`fetch` does; nothing is assembled) and return how many were
+    requested. Missing chunks are remembered as missing and never raise. Chunks the cache
+    would not keep are not fetched at all: a prefetch only pays when a later read finds
+    them in memory."""
+    cache = scale.context.cache
+    todo = [pos for pos in positions if (scale.cache_id, pos) not in cache]
+    if not todo or not cache.keeps(math.prod(scale.chunk_shape(todo[0])) * scale.dtype.itemsize):
+        return 0
+    fetch(scale, todo, None, lambda pos, chunk: None, fill_missing=True)
+    return len(todo)
 
 
 def _decoded_into(
