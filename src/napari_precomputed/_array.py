@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from precomputed import Volume
+from precomputed.readpath import prefetch
 from precomputed.views import LAYOUTS, ZyxArray
 
 __all__ = ["LevelArray", "LAYOUTS", "PREFETCH", "PrefetchSettings", "prefetch_idle"]
@@ -48,13 +49,16 @@ class PrefetchSettings:
     each way (``None``: the level's chunk depth in z, i.e. the next chunk row each way).
     ``budget``: the share of the context's cache (``cache_pool.total_bytes_limit``) one
     plane's prefetch may fill; rows that do not fit are left out, nearest kept.
-    ``local``: also for local files (``file`` and ``memory`` stores).
+    ``local``: also for local files (``file`` and ``memory`` stores). ``step``: chunks
+    fetched together (all at once, concurrently); a read that needs one of them waits for
+    that step only, and a newer plane's prefetch starts after it.
     """
 
     enabled: bool = os.environ.get("NAPARI_PRECOMPUTED_PREFETCH", "1") not in ("0", "false", "no")
     planes: int | None = None
     budget: float = 0.25
     local: bool = False
+    step: int = 32  # chunks fetched at once: a read waits for at most one step
 
 
 #: The process-wide prefetch settings.
@@ -89,11 +93,11 @@ class LevelArray(ZyxArray):
         vol, lo, hi = region
         handle = vol.handle
         _PREFETCHER.wait_for(handle, vol[_slices(lo, hi)].chunk_positions())
-        with _PREFETCHER.reading():
+        with _PREFETCHER.reading():  # scheduled before the read ends: see prefetch_idle
             out = super().read()
-        if hi[2] - lo[2] == 1 and _wanted(vol):
-            steps = _neighbour_rows(vol, lo, hi, _PREFETCHER.direction(handle, lo[2]))
-            _PREFETCHER.schedule(handle, steps)
+            if hi[2] - lo[2] == 1 and _wanted(vol):
+                steps = _neighbour_rows(vol, lo, hi, _PREFETCHER.direction(handle, lo[2]))
+                _PREFETCHER.schedule(handle, steps)
         return out
 
     def _clipped(self) -> tuple[Any, list[int], list[int]] | None:
@@ -122,9 +126,10 @@ def _wanted(vol: Any) -> bool:
     return PREFETCH.local or not vol.kvstore.cheap_misses
 
 
-def _neighbour_rows(vol: Any, lo: list[int], hi: list[int], forward: bool) -> list[Any]:
-    """Views of the chunk rows (in z) holding the planes next to plane ``lo[2]`` of the
-    region, nearest first (``forward``: higher z first on ties), within the budget."""
+def _neighbour_rows(vol: Any, lo: list[int], hi: list[int], forward: bool) -> list[list[Any]]:
+    """Chunk positions of the rows (in z) holding the planes next to plane ``lo[2]`` of
+    the region, nearest first (``forward``: higher z first on ties), within the budget,
+    in steps of at most ``PREFETCH.step`` chunks."""
     z = lo[2]
     z0, z1 = vol.origin[2], vol.origin[2] + vol.shape[2]
     n = int(vol.handle.chunk_size[2]) if PREFETCH.planes is None else max(0, int(PREFETCH.planes))
@@ -134,7 +139,7 @@ def _neighbour_rows(vol: Any, lo: list[int], hi: list[int], forward: bool) -> li
         order += [p for p in pair if z0 <= p < z1]
     budget = PREFETCH.budget * vol.context.cache.total_bytes_limit
     chunk_bytes = int(np.prod(vol.handle.chunk_size)) * vol.shape[3] * vol.dtype.itemsize
-    rows: dict[int, Any] = {}
+    rows: dict[int, list[Any]] = {}
     spent = 0
     for p in order:
         # Any plane of a chunk row touches the row's chunks; prefetch fetches them whole.
@@ -146,8 +151,9 @@ def _neighbour_rows(vol: Any, lo: list[int], hi: list[int], forward: bool) -> li
         if spent + cost > budget:
             break
         spent += cost
-        rows[positions[0][2]] = plane
-    return list(rows.values())
+        rows[positions[0][2]] = positions
+    n = max(1, int(PREFETCH.step))
+    return [row[i : i + n] for row in rows.values() for i in range(0, len(row), n)]
 
 
 class _Prefetcher:
@@ -157,7 +163,7 @@ class _Prefetcher:
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._active = 0  # foreground reads in progress
-        self._jobs: dict[Hashable, list[Any]] = {}  # level handle -> chunk rows to fetch
+        self._jobs: dict[Hashable, list[list[Any]]] = {}  # level handle -> steps to fetch
         self._last_z: dict[Hashable, int] = {}
         self._forward: dict[Hashable, bool] = {}
         self._running: tuple[Hashable, set[Any], threading.Event] | None = None
@@ -192,7 +198,7 @@ class _Prefetcher:
             self._last_z[handle] = z
             return self._forward.get(handle, True)
 
-    def schedule(self, handle: Hashable, rows: list[Any]) -> None:
+    def schedule(self, handle: Hashable, rows: list[list[Any]]) -> None:
         with self._cond:
             if rows:
                 self._jobs[handle] = rows
@@ -206,27 +212,26 @@ class _Prefetcher:
             self._cond.notify_all()
 
     # -- the thread ------------------------------------------------------------------
-    def _next(self) -> tuple[Hashable, Any, set[Any], threading.Event]:
+    def _next(self) -> tuple[Hashable, list[Any], threading.Event]:
         with self._cond:
             while not self._jobs or self._active:
                 self._cond.wait()
             handle = next(iter(self._jobs))
-            rows = self._jobs[handle]
-            row = rows.pop(0)
-            if not rows:
+            steps = self._jobs[handle]
+            step = steps.pop(0)
+            if not steps:
                 del self._jobs[handle]
-            positions = set(row.chunk_positions())
             done = threading.Event()
-            self._running = (handle, positions, done)
-            return handle, row, positions, done
+            self._running = (handle, set(step), done)
+            return handle, step, done
 
     def _run(self) -> None:
         while True:
-            handle, row, positions, done = self._next()
+            handle, step, done = self._next()
             try:
-                row.prefetch()
+                prefetch(handle, step)  # type: ignore[arg-type]
             except Exception as e:  # a failed prefetch costs nothing: the read will retry
-                log.debug("napari-precomputed: prefetch of %s failed: %s", row, e)
+                log.debug("napari-precomputed: prefetch of %s failed: %s", step, e)
             finally:
                 with self._cond:
                     self._running = None
@@ -236,7 +241,8 @@ class _Prefetcher:
     def idle(self, timeout: float) -> bool:
         with self._cond:
             return self._cond.wait_for(
-                lambda: not self._jobs and self._running is None, timeout=timeout
+                lambda: not self._jobs and self._running is None and not self._active,
+                timeout=timeout,
             )
 
 
@@ -255,5 +261,6 @@ _PREFETCHER = _Prefetcher()
 
 
 def prefetch_idle(timeout: float = 30.0) -> bool:
-    """Wait until no prefetch is pending or running (True), or ``timeout`` passes."""
+    """Wait until no read of a level and no prefetch is in progress or pending (True), or
+    ``timeout`` passes (False)."""
     return _PREFETCHER.idle(timeout)

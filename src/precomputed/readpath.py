@@ -189,11 +189,14 @@ def fetch(
 def prefetch(scale: OpenedScale, positions: Sequence[Vec3]) -> int:
     """Fetch the chunks at ``positions`` that are not cached yet into the context's cache
     (all at once, as :func:`fetch` does; nothing is assembled) and return how many were
-    requested. Missing chunks are remembered as missing and never raise. Chunks the cache
+    requested (a chunk cached whole, or encoded, is not). Missing chunks are remembered as
+    missing and never raise. Chunks the cache
     would not keep are not fetched at all: a prefetch only pays when a later read finds
     them in memory."""
     cache = scale.context.cache
-    todo = [pos for pos in positions if (scale.cache_id, pos) not in cache]
+    cid = scale.cache_id
+    # A chunk whose encoded bytes are cached (segmentation planes) needs no I/O either.
+    todo = [pos for pos in positions if (cid, pos) not in cache and (cid, pos, "encoded") not in cache]
     if not todo or not cache.keeps(math.prod(scale.chunk_shape(todo[0])) * scale.dtype.itemsize):
         return 0
     fetch(scale, todo, None, lambda pos, chunk: None, fill_missing=True)

@@ -31,7 +31,7 @@ def volume(make_volume) -> tuple[Path, np.ndarray]:
 
 @pytest.fixture
 def prefetch(monkeypatch):
-    """Prefetch on, for local files too, and back to the defaults afterwards."""
+    """Prefetch on, for local files too (every setting a test changes goes back)."""
     monkeypatch.setattr(PREFETCH, "enabled", True)
     monkeypatch.setattr(PREFETCH, "local", True)
     yield PREFETCH
@@ -77,9 +77,9 @@ def test_prefetch_covers_only_the_region_read(volume, prefetch):
     assert _rows(keys) == {0, 1, 2}
 
 
-def test_prefetch_planes_setting_bounds_how_far(volume, prefetch):
+def test_prefetch_planes_setting_bounds_how_far(volume, prefetch, monkeypatch):
     path, _ = volume
-    prefetch.planes = 1
+    monkeypatch.setattr(prefetch, "planes", 1)
     [(level, _, _)] = read_volume(str(path), context=precomputed.Context())
     kv = level.volume.kvstore
     kv.request_log = []
@@ -130,13 +130,20 @@ def test_volume_prefetch_fills_the_cache_without_reading_twice(volume):
     assert _chunk_reads(vol.kvstore.request_log) == set()
 
 
+@pytest.mark.parametrize("kind", ["image", "segmentation"])
 def test_async_slicing_of_a_remote_volume_reads_chunks_off_the_ui_thread_and_steps_z_from_memory(
-    viewer_model, http_server, volume, monkeypatch
+    viewer_model, http_server, make_volume, monkeypatch, kind
 ):
     """napari's async slicing: every chunk read (slices and prefetches) runs on a worker
-    thread, and the next chunk row in z is in memory before the user steps into it."""
+    thread, and the next chunk row in z is in memory before the user steps into it (an
+    image of raw chunks; a sharded compressed_segmentation, whose planes decode partly)."""
     monkeypatch.setattr(PREFETCH, "enabled", True)
-    path, data = volume
+    data = _data()
+    options: dict[str, Any] = {"chunk": (16, 16, 4)}
+    if kind == "segmentation":
+        data = data.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C1)
+        options.update(kind=kind, encoding="compressed_segmentation", sharded=True)
+    path = make_volume(kind, [(data, (0, 0, 0), (4.0, 4.0, 30.0))], **options)
     http_server.root = path.parent
     [layer] = viewer_model.open(f"{http_server.url}/{path.name}", plugin=PLUGIN)
     assert prefetch_idle(30)
@@ -157,6 +164,7 @@ def test_async_slicing_of_a_remote_volume_reads_chunks_off_the_ui_thread_and_ste
             task = slicer.submit(layers=[layer], dims=viewer_model.dims, force=True)
             assert task is not None
             [response] = task.result(timeout=30).values()
+            slicer.wait_until_idle(timeout=30)  # the task set_point itself submitted, too
             np.testing.assert_array_equal(np.asarray(response.image.raw), data[:, :, z, 0].T)
             if z == 25:
                 assert prefetch_idle(30)
