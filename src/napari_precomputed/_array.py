@@ -50,15 +50,16 @@ class PrefetchSettings:
     ``budget``: the share of the context's cache (``cache_pool.total_bytes_limit``) one
     plane's prefetch may fill; rows that do not fit are left out, nearest kept.
     ``local``: also for local files (``file`` and ``memory`` stores). ``step``: chunks
-    fetched together (all at once, concurrently); a read that needs one of them waits for
-    that step only, and a newer plane's prefetch starts after it.
+    fetched together, concurrently (``None``: a whole chunk row of the region, i.e. as
+    many fetches at once as there are visible tiles); a read that needs one of them waits
+    for that step only, and a newer plane's prefetch starts after it.
     """
 
     enabled: bool = os.environ.get("NAPARI_PRECOMPUTED_PREFETCH", "1") not in ("0", "false", "no")
     planes: int | None = None
     budget: float = 0.25
     local: bool = False
-    step: int = 32  # chunks fetched at once: a read waits for at most one step
+    step: int | None = None  # chunks fetched at once (None: a chunk row, the visible tiles)
 
 
 #: The process-wide prefetch settings.
@@ -129,7 +130,7 @@ def _wanted(vol: Any) -> bool:
 def _neighbour_rows(vol: Any, lo: list[int], hi: list[int], forward: bool) -> list[list[Any]]:
     """Chunk positions of the rows (in z) holding the planes next to plane ``lo[2]`` of
     the region, nearest first (``forward``: higher z first on ties), within the budget,
-    in steps of at most ``PREFETCH.step`` chunks."""
+    in steps of at most ``PREFETCH.step`` chunks (default: a row per step)."""
     z = lo[2]
     z0, z1 = vol.origin[2], vol.origin[2] + vol.shape[2]
     n = int(vol.handle.chunk_size[2]) if PREFETCH.planes is None else max(0, int(PREFETCH.planes))
@@ -152,6 +153,8 @@ def _neighbour_rows(vol: Any, lo: list[int], hi: list[int], forward: bool) -> li
             break
         spent += cost
         rows[positions[0][2]] = positions
+    if PREFETCH.step is None:
+        return list(rows.values())
     n = max(1, int(PREFETCH.step))
     return [row[i : i + n] for row in rows.values() for i in range(0, len(row), n)]
 

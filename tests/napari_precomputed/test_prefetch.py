@@ -177,3 +177,15 @@ def test_async_slicing_of_a_remote_volume_reads_chunks_off_the_ui_thread_and_ste
     # z 26 (same row) and 29, 30 (the next row) were prefetched after z 25: their slices read
     # nothing; only prefetches of the rows beyond followed.
     assert all(name == "napari-precomputed-prefetch" for name in threads[fetched:]), threads
+
+
+def test_prefetch_in_smaller_steps_fetches_the_same_rows(volume, prefetch, monkeypatch):
+    path, _ = volume
+    monkeypatch.setattr(prefetch, "step", 1)  # one chunk at a time
+    [(level, _, _)] = read_volume(str(path), context=precomputed.Context())
+    kv = level.volume.kvstore
+    kv.request_log = []
+    np.asarray(level[5])
+    assert prefetch_idle(30)
+    keys = _chunk_reads(kv.request_log)
+    assert _rows(keys) == {0, 1, 2} and len(keys) == 3 * 4
