@@ -13,8 +13,8 @@ napari's slicing threads at the same time.
 
 **Prefetch.** After a z-plane is read, the neighbouring planes of the same region at the
 same level (by default one chunk row in z each way, nearest first, the direction of the
-last step first) are fetched into the cache in the background, once no read is in
-progress, within a share of the cache's budget (:data:`PREFETCH`). Stepping z is then
+last step first) are fetched into the cache in the background, once no read has been in
+progress for a moment, within a share of the cache's budget (:data:`PREFETCH`). Stepping z is then
 served from memory. A read that needs chunks a prefetch is fetching waits for it rather
 than fetching them twice; a newer plane of the same level supersedes an older plane's
 prefetch that has not run yet. Local files are not prefetched by default (they answer in
@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -52,7 +53,9 @@ class PrefetchSettings:
     ``local``: also for local files (``file`` and ``memory`` stores). ``step``: chunks
     fetched together, concurrently (``None``: a whole chunk row of the region, i.e. as
     many fetches at once as there are visible tiles); a read that needs one of them waits
-    for that step only, and a newer plane's prefetch starts after it.
+    for that step only, and a newer plane's prefetch starts after it. ``quiet``: a step
+    starts only once no level has been read for this long (napari slices the layers one
+    after another: a prefetch must not compete with the next layer's slice).
     """
 
     enabled: bool = os.environ.get("NAPARI_PRECOMPUTED_PREFETCH", "1") not in ("0", "false", "no")
@@ -60,6 +63,7 @@ class PrefetchSettings:
     budget: float = 0.25
     local: bool = False
     step: int | None = None  # chunks fetched at once (None: a chunk row, the visible tiles)
+    quiet: float = 0.1  # seconds without any read before a step starts
 
 
 #: The process-wide prefetch settings.
@@ -166,6 +170,7 @@ class _Prefetcher:
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._active = 0  # foreground reads in progress
+        self._last_read = 0.0  # time.monotonic() when the last one ended
         self._jobs: dict[Hashable, list[list[Any]]] = {}  # level handle -> steps to fetch
         self._last_z: dict[Hashable, int] = {}
         self._forward: dict[Hashable, bool] = {}
@@ -183,6 +188,7 @@ class _Prefetcher:
     def leave(self) -> None:
         with self._cond:
             self._active -= 1
+            self._last_read = time.monotonic()
             self._cond.notify_all()
 
     def wait_for(self, handle: Hashable, positions: list[Any]) -> None:
@@ -217,8 +223,14 @@ class _Prefetcher:
     # -- the thread ------------------------------------------------------------------
     def _next(self) -> tuple[Hashable, list[Any], threading.Event]:
         with self._cond:
-            while not self._jobs or self._active:
-                self._cond.wait()
+            while True:
+                if not self._jobs or self._active:
+                    self._cond.wait()
+                    continue
+                wait = self._last_read + PREFETCH.quiet - time.monotonic()
+                if wait <= 0:
+                    break
+                self._cond.wait(wait)
             handle = next(iter(self._jobs))
             steps = self._jobs[handle]
             step = steps.pop(0)
