@@ -27,6 +27,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -101,8 +102,12 @@ class LevelArray(ZyxArray):
         with _PREFETCHER.reading():  # scheduled before the read ends: see prefetch_idle
             out = super().read()
             if hi[2] - lo[2] == 1 and _wanted(vol):
-                steps = _neighbour_rows(vol, lo, hi, _PREFETCHER.direction(handle, lo[2]))
-                _PREFETCHER.schedule(handle, steps)
+                try:
+                    steps = _neighbour_rows(vol, lo, hi, _PREFETCHER.direction(handle, lo[2]))
+                except Exception as e:  # planning a prefetch never fails the read
+                    log.debug("napari-precomputed: no prefetch around %s: %s", self, e)
+                else:
+                    _PREFETCHER.schedule(handle, steps)
         return out
 
     def _clipped(self) -> tuple[Any, list[int], list[int]] | None:
@@ -172,8 +177,9 @@ class _Prefetcher:
         self._active = 0  # foreground reads in progress
         self._last_read = 0.0  # time.monotonic() when the last one ended
         self._jobs: dict[Hashable, list[list[Any]]] = {}  # level handle -> steps to fetch
-        self._last_z: dict[Hashable, int] = {}
-        self._forward: dict[Hashable, bool] = {}
+        # Per level handle, weakly: a closed layer's levels are not kept alive.
+        self._last_z: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+        self._forward: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
         self._running: tuple[Hashable, set[Any], threading.Event] | None = None
         self._thread: threading.Thread | None = None
 
