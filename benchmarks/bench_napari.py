@@ -882,6 +882,34 @@ def fresh_aliases(cases: list[Case], root: Path, url: str | None, layout: dict[s
     return out
 
 
+def pycache_dir() -> Path:
+    """Where the napari processes keep compiled bytecode (``PYTHONPYCACHEPREFIX``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "napari-precomputed" / "bench-pycache"
+
+
+def child_env() -> dict[str, str]:
+    """The napari processes import from compiled bytecode, as an installed package does
+    (pip compiles it on install; a first import writes it): with
+    ``PYTHONDONTWRITEBYTECODE`` set and no bytecode, every import would compile its
+    sources and a cold first view would time the compiler (~3x the import time)."""
+    env = dict(os.environ, PYTHONPYCACHEPREFIX=str(pycache_dir()))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
+def compile_bytecode() -> float:
+    """Compile every installed module and ours into :func:`pycache_dir` (once: ~1.5 min
+    on 2 cores; a few seconds when current). Returns the seconds it took."""
+    import sysconfig
+
+    t0 = time.monotonic()
+    dirs = [sysconfig.get_paths()["purelib"], str(ROOT / "src")]
+    subprocess.run([sys.executable, "-m", "compileall", "-q", "-j", "0", *dirs],
+                   env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    return time.monotonic() - t0
+
+
 def run_children(cases: list[Case], cfg: Config, args: argparse.Namespace, display: str,
                  workdir: Path, server: Any, layout: dict[str, Any]) -> list[Run]:  # fmt: skip
     cases = fresh_aliases(cases, workdir, server.url if server is not None else None, layout)
@@ -897,7 +925,7 @@ def run_children(cases: list[Case], cfg: Config, args: argparse.Namespace, displ
     }
     spec_file = workdir / "child-spec.json"
     spec_file.write_text(json.dumps(spec))
-    env = dict(os.environ, DISPLAY=display, NAPARI_CONFIG=str(workdir / "napari-settings.yaml"),
+    env = dict(child_env(), DISPLAY=display, NAPARI_CONFIG=str(workdir / "napari-settings.yaml"),
                NAPARI_ASYNC="1" if cases[0].mode == "async" else "0")  # fmt: skip
     if env.get("QT_QPA_PLATFORM") == "offscreen":  # no GL there: black screenshots
         del env["QT_QPA_PLATFORM"]
@@ -1054,6 +1082,36 @@ def facts(runs: list[Run], layout: dict[str, Any], cfg: Config) -> list[str]:
     return out
 
 
+def floor_report(runs: list[Run], cfg: Config) -> list[str]:
+    """Each remote first view against its floor: the round trips it strictly needs x
+    latency, plus what the same view costs without a network (the local run's median:
+    decoding and napari's own work, an upper bound of "decode")."""
+    out = []
+    for reader in READERS:
+        for mode in MODES:
+            for action in (a for a in ACTIONS if a.startswith("first view")):
+                remote, local = (_action_times(runs, (reader, where, mode), action)
+                                 for where in ("remote", "local"))  # fmt: skip
+                reqs = [r.requests[action] for r in runs if action in r.requests
+                        and (r.case.reader, r.case.mode) == (reader, mode)]  # fmt: skip
+                if not remote or not reqs:
+                    continue
+                t = statistics.median(remote)
+                net = statistics.median([max(q["needed_rounds"].values(), default=0) for q in reqs]) * cfg.latency
+                line = f"{reader} {mode} {action}: {t:.2f} s; network floor {net:.2f} s ({t / net:.1f}x)" if net else ""
+                if local and net:
+                    lo = statistics.median(local)
+                    line += f"; floor with the local time {net:.2f} + {lo:.2f} = {net + lo:.2f} s: {t / (net + lo):.2f}x"
+                if line:
+                    out.append(line)
+    return out
+
+
+def _action_times(runs: list[Run], case: tuple[str, str, str], action: str) -> list[float]:
+    return [a["time"] for r in runs if (r.case.reader, r.case.location, r.case.mode) == case
+            for a in r.result.get("actions", []) if a["action"] == action and a.get("ok")]  # fmt: skip
+
+
 def request_report(runs: list[Run]) -> list[str]:
     """The remote first view's requests in order: start and duration (ms), stage, path."""
     out = []
@@ -1137,6 +1195,8 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.monotonic()
         layout = build_data(cfg, root / "data")
         print(f"data ready in {time.monotonic() - t0:.1f} s ({root}); display {display}", flush=True)
+        if not args.smoke:  # smoke: the children write what they import as they go
+            print(f"bytecode current in {compile_bytecode():.0f} s ({pycache_dir()})", flush=True)
         cases = [
             Case(reader, location, mode, chunk_z=cfg.chunk[2])
             for location in LOCATIONS for mode in MODES for reader in READERS
@@ -1180,6 +1240,12 @@ def main(argv: list[str] | None = None) -> int:
         print()
     for line in facts(runs, layout, cfg):
         print(f"* {line}")
+    floors = floor_report(runs, cfg)
+    if floors:
+        print("\nRemote first views against their floor (round trips needed x latency, plus the "
+              "same view's local time: decoding and napari's own work):")  # fmt: skip
+        for line in floors:
+            print(f"* {line}")
     if args.stall_stacks:
         print("\nUI stalls above 100 ms (share of UI-thread samples inside each function):")
         for line in stall_report(runs):

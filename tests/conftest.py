@@ -7,10 +7,17 @@ Other modules' fixtures go in their own sections below (or in a nested conftest.
 
 # ruff: noqa: E402  (the environment must be set before anything imports gcsfs/botocore)
 import os
+import tempfile
 
 os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"  # else gcsfs probes gRPC for 30-100 s
 os.environ["NO_GCE_CHECK"] = "true"  # never probe the GCE metadata server
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"  # never probe the EC2 metadata server
+
+# napari keeps its settings in one file per environment and writes every change to it: a
+# test that turns on async slicing would turn it on for every later run of the suite (and
+# for the user). Each test session gets its own settings file, fresh and thrown away.
+_napari_config = tempfile.mkdtemp(prefix="napari-precomputed-tests-")
+os.environ["NAPARI_CONFIG"] = os.path.join(_napari_config, "settings.yaml")
 
 import logging
 import socket

@@ -4,7 +4,7 @@ Opens any volume (local directory or URL) as one lazy multiscale layer: an Image
 Labels layer for segmentations, placed in nanometres. See docs/napari.md.
 """
 
-from ._array import LevelArray
+from ._array import PREFETCH, LevelArray, PrefetchSettings, prefetch_idle
 from ._reader import get_reader, read_volume
 from ._sample_data import make_sample_data
 from ._writer import write_image, write_labels
@@ -19,6 +19,9 @@ __all__ = [
     "CommitResult",
     "EditSession",
     "LevelArray",
+    "PREFETCH",
+    "PrefetchSettings",
+    "prefetch_idle",
     "edit_labels",
     "open_sessions",
     "SegmentView",

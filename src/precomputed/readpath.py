@@ -31,7 +31,7 @@ from .kvstore import NO_VALUE
 from .revalidate import finished, read_versioned_many, revalidate
 from .scale import MISSING, ChunkOverlay, OpenedScale
 
-__all__ = ["READ_BATCH", "fetch", "read_box", "read_boxes", "copy_rows"]
+__all__ = ["READ_BATCH", "fetch", "prefetch", "read_box", "read_boxes", "copy_rows"]
 
 #: Per-thread scratch buffer for chunks read and consumed without being kept.
 _scratch = threading.local()
@@ -231,6 +231,23 @@ def read_stamped(scale: OpenedScale, positions: Sequence[Vec3], deferred: bool =
     # indices of an older version dropped first (ChunkStore.read_versioned).
     got = store.read_versioned(positions)
     return [v.data for v in got], [v.generation for v in got], True
+
+
+def prefetch(scale: OpenedScale, positions: Sequence[Vec3]) -> int:
+    """Fetch the chunks at ``positions`` that are not cached yet into the context's cache
+    (all at once, as :func:`fetch` does; nothing is assembled) and return how many were
+    requested (a chunk cached whole, or encoded, is not). Missing chunks are remembered as
+    missing and never raise. Chunks the cache
+    would not keep are not fetched at all: a prefetch only pays when a later read finds
+    them in memory."""
+    cache = scale.context.cache
+    cid = scale.cache_id
+    # A chunk whose encoded bytes are cached (segmentation planes) needs no I/O either.
+    todo = [pos for pos in positions if (cid, pos) not in cache and (cid, pos, "encoded") not in cache]
+    if not todo or not cache.keeps(math.prod(scale.chunk_shape(todo[0])) * scale.dtype.itemsize):
+        return 0
+    fetch(scale, todo, None, lambda pos, chunk: None, fill_missing=True)
+    return len(todo)
 
 
 def _decoded_into(

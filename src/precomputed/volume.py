@@ -247,6 +247,20 @@ class Volume(ArrayLike):
         box, ch = self._box()
         return readpath.read_box(self._h, box, ch, self._transaction)
 
+    def chunk_positions(self) -> list[tuple[int, int, int]]:
+        """Grid positions (x, y, z, 0-based) of the chunks this view touches (no I/O)."""
+        box, _ = self._box()
+        return list(self._h.grid.cells(box))
+
+    def prefetch(self) -> int:
+        """Fetch the chunks this view touches into the context's decoded-chunk cache,
+        without assembling the view (the chunks already cached are not fetched again;
+        missing ones read as missing). Returns the number of chunks requested. A later
+        read of any part of the view is then served from memory, as long as the cache
+        keeps them (see :class:`~precomputed.Context`)."""
+        box, _ = self._box()
+        return readpath.prefetch(self._h, list(self._h.grid.cells(box)))
+
     def read(self, order: str = "F") -> np.ndarray:
         """Fetch the view as a numpy array in x, y, z, channel order (dropped dims removed).
 
