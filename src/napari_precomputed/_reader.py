@@ -34,9 +34,40 @@ __all__ = [
     "layer_volumes",
     "matching_layer",
     "segment_features",
+    "RECHECK_ENV",
+    "remote_recheck",
 ]
 
 log = logging.getLogger("napari_precomputed")
+
+#: How volumes opened over a network revalidate cached chunks (``recheck_cached_data``).
+RECHECK_ENV = "NAPARI_PRECOMPUTED_RECHECK"
+_RECHECK_VALUES: dict[str, bool | str] = {
+    "open": "open", "true": True, "1": True, "yes": True, "false": False, "0": False, "no": False,
+}
+
+
+def remote_recheck() -> bool | str:
+    """``recheck_cached_data`` for volumes the reader opens over a network:
+    ``$NAPARI_PRECOMPUTED_RECHECK`` (``open``, the default; ``true``; ``false``).
+
+    The driver's default, as TensorStore's, is ``true``: every read of a cached chunk
+    first checks its generation. Locally that is a ``stat`` (microseconds) and the reader
+    keeps it; over a network it is a request per chunk file or shard on every redraw,
+    which would undo the prefetch (a z-step of 256 cached chunks would cost 16 rounds of
+    16 metadata requests). ``open`` shows every chunk as stored at the open or later,
+    as Neuroglancer does; edits are never merged into stale data either way (commits
+    are conditional on what storage holds)."""
+    raw = os.environ.get(RECHECK_ENV, "").strip().lower()
+    if not raw:
+        return "open"
+    if raw not in _RECHECK_VALUES:
+        log.warning(
+            "napari-precomputed: $%s=%r is not one of open, true, false; using open",
+            RECHECK_ENV, raw,
+        )
+        return "open"
+    return _RECHECK_VALUES[raw]
 
 LayerData = tuple[Any, dict[str, Any], str]
 ReaderFunction = Callable[[Any], list[LayerData]]
@@ -89,6 +120,8 @@ def _read_targets(targets: list[Probed], path: Any = None, **_: Any) -> list[Lay
         options: dict[str, Any] = {"metadata": t.metadata}
         if t.kvstore is not None:
             options["kvstore"] = t.kvstore
+            if not t.kvstore.cheap_misses:  # over a network: see remote_recheck
+                options["recheck_cached_data"] = remote_recheck()
         out.extend(read_volume(t.source, **options))
     return out
 
