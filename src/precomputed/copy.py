@@ -17,9 +17,16 @@ from . import metadata as md
 from .convert.build import DEFAULT_SHARD_VOXELS, auto_sharding
 from .create import DEFAULT_BLOCK_BYTES, write_array
 from .create.blocks import Cancel, Tracker
-from .create.recovery import MARKER, Destination, Marker, check_writable, cleanup, open_destination
+from .create.recovery import (
+    MARKER,
+    Destination,
+    Marker,
+    claim_new_volume,
+    cleanup,
+    open_destination,
+)
 from .driver import read_info
-from .errors import AlreadyExistsError, FailedPreconditionError, InvalidArgumentError
+from .errors import FailedPreconditionError, InvalidArgumentError
 from .info_members import set_info_member
 
 __all__ = ["copy"]
@@ -55,17 +62,9 @@ def copy(
     if meta is None:
         raise FailedPreconditionError(f"no volume at {src.label}: {src.kv.url}{src.path}info does not exist")
     dest = open_destination(destination, None, None, destination_options)
-    check_writable(dest)
     if dest.kv.url + dest.path == src.kv.url + src.path:
         raise InvalidArgumentError(f"source and destination are the same volume ({src.label})")
-    info_key = dest.path + "info"
-    if overwrite:
-        dest.kv.delete_prefix(dest.path)
-    elif dest.kv.read(info_key) is not None:
-        raise AlreadyExistsError(
-            f"{dest.label} already holds a volume ({dest.kv.url}{info_key} exists): choose a new "
-            "destination, or overwrite it (--overwrite, overwrite=True)"
-        )
+    claim_new_volume(dest, overwrite)
     rewrite = encoding is not None or sharding is not None or chunk_size is not None
     marker = Marker(dest, new_volume=True)
     written: list[str] = []

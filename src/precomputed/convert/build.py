@@ -25,8 +25,8 @@ from ..create import (
 )
 from ..create.blocks import Cancel, Progress, check_axes, data_shape_xyzc
 from ..create.plan import plan_scale
-from ..create.recovery import Marker, check_writable, cleanup, open_destination
-from ..errors import AlreadyExistsError, InvalidArgumentError
+from ..create.recovery import Marker, claim_new_volume, cleanup, open_destination
+from ..errors import InvalidArgumentError
 from ..kvstore import KvStore
 from ..sharding import choose_sharding
 from ..volume import Volume
@@ -146,15 +146,7 @@ def from_array(
     plan = plan_scale(mm, sm)  # every member checked before anything is written
 
     dest = open_destination(destination, kvstore, None, storage_options)
-    check_writable(dest)
-    info_key = dest.path + "info"
-    if overwrite:
-        dest.kv.delete_prefix(dest.path)
-    elif dest.kv.read(info_key) is not None:
-        raise AlreadyExistsError(
-            f"{dest.label} already holds a volume ({dest.kv.url}{info_key} exists): choose a new "
-            "destination, or overwrite it (--overwrite, overwrite=True)"
-        )
+    claim_new_volume(dest, overwrite)
     marker = Marker(dest, new_volume=True)
     try:
         marker.add(plan.key)

@@ -15,7 +15,7 @@ from .. import metadata as md
 from ..chunkstore import CommitStats
 from ..downsample import METHODS, integer_factor
 from ..driver import open_scale, read_info
-from ..errors import AlreadyExistsError, FailedPreconditionError, InvalidArgumentError
+from ..errors import FailedPreconditionError, InvalidArgumentError
 from ..internal.geometry import Box
 from ..kvstore import KvStore
 from ..transaction import Transaction
@@ -34,7 +34,14 @@ from .blocks import (
     write_data,
 )
 from .plan import Level, default_method, level_factors, plan_levels, plan_scale, valid_factor
-from .recovery import Destination, Marker, check_writable, cleanup, open_destination
+from .recovery import (
+    Destination,
+    Marker,
+    check_writable,
+    claim_new_volume,
+    cleanup,
+    open_destination,
+)
 
 __all__ = [
     "create_volume",
@@ -116,15 +123,12 @@ def create_volume(
                 f"data of shape {shape} (axes {axes!r}) is x, y, z, c {got}, but the scale "
                 f"is {tuple(want)}"
             )
-    check_writable(dest)
-    info_key = dest.path + "info"
-    if delete_existing:
-        dest.kv.delete_prefix(dest.path)
-    elif dest.kv.read(info_key) is not None:
-        raise AlreadyExistsError(
-            f'"{info_key}" already exists: {dest.label} is a volume (add a scale to it, or '
-            "pass delete_existing=True to replace it)"
-        )
+    claim_new_volume(
+        dest,
+        delete_existing,
+        f'"{dest.path}info" already exists: {dest.label} is a volume (add a scale to it, or '
+        "pass delete_existing=True to replace it)",
+    )
     itemsize = np.dtype(meta.data_type).itemsize
     budget = block_bytes
     base_groups: list[list[Box]] = []

@@ -14,7 +14,7 @@ from typing import Any
 from .. import metadata as md
 from ..driver import open as open_volume
 from ..driver import read_info
-from ..errors import FailedPreconditionError, PrecomputedError, ReadOnlyError
+from ..errors import AlreadyExistsError, FailedPreconditionError, PrecomputedError, ReadOnlyError
 from ..kvstore import KvStore, open_kvstore
 from ..spec import parse_spec
 from ..volume import Volume
@@ -27,6 +27,7 @@ __all__ = [
     "open_destination",
     "Marker",
     "check_writable",
+    "claim_new_volume",
     "remove_scales",
     "find_incomplete",
     "discard_incomplete",
@@ -149,6 +150,22 @@ class Marker:
 def check_writable(dest: Destination) -> None:
     if dest.kv.read_only:
         raise ReadOnlyError(f"{dest.label} is on a read-only store ({dest.kv.url})")
+
+
+def claim_new_volume(dest: Destination, replace: bool, taken: str | None = None) -> None:
+    """Make ``dest`` ready for a new volume: writable;
+    emptied first when ``replace``, else refused with ``AlreadyExistsError`` when it
+    holds an ``info`` (``taken``: the message; by default the command line's)."""
+    check_writable(dest)
+    info_key = dest.path + "info"
+    if replace:
+        dest.kv.delete_prefix(dest.path)
+    elif dest.kv.read(info_key) is not None:
+        raise AlreadyExistsError(
+            taken
+            or f"{dest.label} already holds a volume ({dest.kv.url}{info_key} exists): choose a "
+            "new destination, or overwrite it (--overwrite, overwrite=True)"
+        )
 
 
 def _parse_marker(data: bytes) -> dict[str, Any] | None:
