@@ -152,7 +152,7 @@ def fetch(
         _map_in_groups(pool, local, todo, scale.context.decode_threads)
         return
 
-    if scale.store.streamed_reads and len(todo) > 1:
+    if scale.store.streamed_reads and len(todo) > 1 and not _local(scale):
         # Over a network: each chunk is decoded as soon as its bytes arrive, while the
         # rest are still on the way (no batch waits for its slowest answer).
         _fetch_streamed(scale, todo, consume, fill_missing, into)
@@ -398,11 +398,13 @@ def _read_raw_into_scratch(
 
 
 def _read_batches(
-    scale: OpenedScale, todo: list[Vec3], size: int = READ_BATCH
+    scale: OpenedScale, todo: list[Vec3], size: int | None = None
 ) -> Iterator[list[Vec3]]:
-    """Batches of about ``size`` chunks. With rectangular shards the chunks are
-    ordered by shard and a batch never splits one, so a read covering whole shards
-    fetches each in a single request (whatever the shard's size)."""
+    """Batches of about ``size`` (default :data:`READ_BATCH`) chunks. With rectangular
+    shards the chunks are ordered by shard and a batch never splits one, so a read
+    covering whole shards fetches each in a single request (whatever the shard's size)."""
+    if size is None:
+        size = READ_BATCH  # looked up now: tests and tuning may change it
     if len(todo) <= size or not scale.store.rectangular_groups:
         for i in range(0, len(todo), size):
             yield todo[i : i + size]

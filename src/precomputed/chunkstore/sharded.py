@@ -309,7 +309,7 @@ class ShardedIdStore:
         if whole:
             gens: dict[int, Generation] = {}
             tmp: list[bytes | None] = [None] * len(ids)
-            self._read_whole_shards(whole, ids, shards, tmp, True, gens)
+            self._read_whole_shards(whole, ids, shards, tmp, True, gens if versioned else None)
             for i in range(len(ids)):
                 if int(shards[i]) in whole:
                     deliver(i, tmp[i], gens.get(int(shards[i]), NO_VALUE))
