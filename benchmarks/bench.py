@@ -282,6 +282,9 @@ class Result:
     target: float | None = None
     note: str = ""
     skipped: dict[str, str] = field(default_factory=dict)
+    #: Process CPU time of each timed run (every thread of ours and of TensorStore's
+    #: pools; the HTTP server runs in a child process): a measure the load barely moves.
+    cpu: dict[str, list[float]] = field(default_factory=dict)
 
     def median(self, lib: str) -> float | None:
         t = self.times.get(lib)
@@ -357,9 +360,10 @@ class Bench:
                 side = active[lib]
                 state = side.setup()
                 gc.collect()
-                t0 = time.perf_counter()
+                c0, t0 = time.process_time(), time.perf_counter()
                 out = side.run(state)
                 res.times[lib].append(time.perf_counter() - t0)
+                res.cpu.setdefault(lib, []).append(time.process_time() - c0)
                 del out
                 if side.teardown is not None:
                     side.teardown(state)
@@ -432,6 +436,12 @@ class Bench:
             print("\nCloudVolume column n/a:")
             for r, _lib, why in skipped:
                 print(f"  {r.group}: {r.name}: {why}")
+        http = [r for r in self.results if r.group.startswith("d") and "ts" in r.cpu]
+        if http:
+            print("\nCPU time per run (median ms, this process; the server is another), ours / TS:")
+            for r in http:
+                ours, theirs = (statistics.median(r.cpu[k]) for k in ("ours", "ts"))
+                print(f"  {r.group}: {r.name}: {1e3 * ours:.0f} / {1e3 * theirs:.0f}")
         if self.facts:
             print()
             for k, v in self.facts.items():
@@ -449,6 +459,7 @@ class Bench:
                     "group": r.group, "name": r.name, "target": r.target,
                     "median_s": {k: r.median(k) for k in r.times},
                     "ratio": r.ratio(), "cv_ratio": r.ratio("cv"), "skipped": r.skipped,
+                    "cpu_median_s": {k: statistics.median(v) for k, v in r.cpu.items() if v},
                 }
                 for r in self.results
             ],

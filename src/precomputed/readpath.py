@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -31,13 +32,16 @@ from .kvstore import NO_VALUE
 from .revalidate import finished, read_versioned_many, revalidate
 from .scale import MISSING, ChunkOverlay, OpenedScale
 
-__all__ = ["READ_BATCH", "fetch", "prefetch", "read_box", "read_boxes", "copy_rows"]
+__all__ = ["READ_BATCH", "STREAM_WINDOW", "fetch", "prefetch", "read_box", "read_boxes", "copy_rows"]
 
 #: Per-thread scratch buffer for chunks read and consumed without being kept.
 _scratch = threading.local()
 #: Chunks fetched per batch on large reads (the next batch is fetched while one decodes):
 #: bounds the encoded bytes held at once and lets decoding start early.
 READ_BATCH = 64
+#: Chunks requested in one streamed store call over a network (each decoded as it
+#: arrives, :func:`_fetch_streamed`): one bound of requests in flight for the window.
+STREAM_WINDOW = 256
 
 
 def _map_in_groups(pool: Any, fn: Callable[[Any], None], items: list[Any], threads: int) -> None:
@@ -148,6 +152,12 @@ def fetch(
         _map_in_groups(pool, local, todo, scale.context.decode_threads)
         return
 
+    if scale.store.streamed_reads and len(todo) > 1 and not _local(scale):
+        # Over a network: each chunk is decoded as soon as its bytes arrive, while the
+        # rest are still on the way (no batch waits for its slowest answer).
+        _fetch_streamed(scale, todo, consume, fill_missing, into)
+        return
+
     def read(batch: list[Vec3]) -> tuple[int, float, _Stamped]:
         epoch, t = cache.epoch, time.time()  # before reading: see ChunkCache.put
         # Shard data encoding (gzip) is removed in the workers, in parallel.
@@ -199,6 +209,111 @@ def fetch(
                 ahead = io.submit(read, batches[i + 1])
             process(batch, *got)
             del got
+
+
+def _fetch_streamed(
+    scale: OpenedScale,
+    todo: list[Vec3],
+    consume: Callable[[Vec3, np.ndarray | None], None],
+    fill_missing: bool,
+    into: Callable[[Vec3], np.ndarray | None] | None,
+) -> None:
+    """The network half of :func:`fetch`: ``ChunkStore.read_chunks_each`` hands each
+    chunk over from the store's I/O thread as its answer arrives; it is queued, and at
+    most ``decode_threads`` tasks on the context's pool take chunks off the queue,
+    finish, decode, cache and consume them (a task ends when the queue is empty, so no
+    pool thread waits idle for the network). Windows of :data:`STREAM_WINDOW` chunks
+    bound the requests made at once; the next window starts while the previous one's
+    last chunks decode, once at most :data:`READ_BATCH` wait undecoded.
+
+    The first error (a missing chunk that is an error, a corrupt chunk, a failed
+    request) stops the read: the store call is ended at once, the decoders stop taking
+    chunks, and it is raised once all of them are done."""
+    cache = scale.context.cache
+    store = scale.store
+    pool = scale.context.executor
+    threads = scale.context.decode_threads
+    versioned = cache.enabled and scale.recheck_cached_data is not False
+    cond = threading.Condition()
+    ready: deque[tuple[Vec3, Any, Any, int, float]] = deque()
+    errors: list[BaseException] = []
+    running = 0
+
+    def work(pos: Vec3, blob: bytes | None, gen: str | None, epoch: int, t: float) -> None:
+        if blob is None:
+            # Remember absence too: sparse volumes would re-request it on every
+            # napari refresh (our own writes invalidate the entry).
+            cache.put((scale.cache_id, pos), MISSING, epoch, generation=gen, time=t)
+            if not fill_missing:
+                raise scale.missing(pos)
+            consume(pos, None)
+            return
+        blob = store.finish(pos, blob)
+        if _decoded_into(scale, pos, blob, into):
+            return
+        chunk = scale.decode(pos, blob)
+        cache.put((scale.cache_id, pos), chunk, epoch, generation=gen, time=t)
+        consume(pos, chunk)
+
+    def drain() -> None:
+        nonlocal running
+        while True:
+            with cond:
+                if errors or not ready:
+                    ready.clear()
+                    running -= 1
+                    cond.notify_all()
+                    return
+                item = ready.popleft()
+                if len(ready) < READ_BATCH:
+                    cond.notify_all()
+            try:
+                work(*item)
+            except BaseException as e:
+                with cond:
+                    errors.append(e)
+
+    for window in _read_batches(scale, todo, STREAM_WINDOW):
+        epoch, t = cache.epoch, time.time()  # before reading: see ChunkCache.put
+
+        def deliver(
+            i: int, blob: bytes | None, gen: str | None,
+            window: list[Vec3] = window, epoch: int = epoch, t: float = t,
+        ) -> None:  # fmt: skip
+            nonlocal running
+            if not versioned or (blob is not None and gen == NO_VALUE):
+                gen = None  # unknown: a CloudVolume twin of a missing key
+            with cond:
+                if errors:
+                    raise errors[0]  # ends the store's call at once
+                ready.append((window[i], blob, gen, epoch, t))
+                start = running < threads
+                if start:
+                    running += 1
+            if start:
+                pool.submit(drain)
+
+        failure: BaseException | None = None
+        try:
+            store.read_chunks_each(window, deliver, versioned=versioned)
+        except BaseException as e:
+            failure = e
+        with cond:
+            if failure is not None or errors:
+                while running:
+                    cond.wait()
+            else:
+                while len(ready) >= READ_BATCH:
+                    cond.wait()
+        if errors:
+            raise errors[0]
+        if failure is not None:
+            raise failure
+    with cond:
+        while running:
+            cond.wait()
+    if errors:
+        raise errors[0]
 
 
 #: ``(bytes per chunk, generation per chunk or None, whether the bytes are finished)``.
@@ -299,19 +414,23 @@ def _read_raw_into_scratch(
     return True
 
 
-def _read_batches(scale: OpenedScale, todo: list[Vec3]) -> Iterator[list[Vec3]]:
-    """Batches of about READ_BATCH chunks. With rectangular shards the chunks are
-    ordered by shard and a batch never splits one, so a read covering whole shards
-    fetches each in a single request (whatever the shard's size)."""
-    if len(todo) <= READ_BATCH or not scale.store.rectangular_groups:
-        for i in range(0, len(todo), READ_BATCH):
-            yield todo[i : i + READ_BATCH]
+def _read_batches(
+    scale: OpenedScale, todo: list[Vec3], size: int | None = None
+) -> Iterator[list[Vec3]]:
+    """Batches of about ``size`` (default :data:`READ_BATCH`) chunks. With rectangular
+    shards the chunks are ordered by shard and a batch never splits one, so a read
+    covering whole shards fetches each in a single request (whatever the shard's size)."""
+    if size is None:
+        size = READ_BATCH  # looked up now: tests and tuning may change it
+    if len(todo) <= size or not scale.store.rectangular_groups:
+        for i in range(0, len(todo), size):
+            yield todo[i : i + size]
         return
     groups: list[Any] = scale.store.groups_of(todo)
     order = sorted(range(len(todo)), key=groups.__getitem__)
     batch: list[Vec3] = []
     for j, i in enumerate(order):
-        if len(batch) >= READ_BATCH and groups[i] != groups[order[j - 1]]:
+        if len(batch) >= size and groups[i] != groups[order[j - 1]]:
             yield batch
             batch = []
         batch.append(todo[i])

@@ -30,7 +30,10 @@ from typing import NamedTuple
 from ..internal.geometry import ChunkGrid, Vec3
 from ..kvstore import Generation, KvStore
 
-__all__ = ["ChunkStore", "CommitStats", "Rebuild", "Versioned", "join_key", "MAX_COMMIT_RETRIES"]
+__all__ = [
+    "ChunkStore", "CommitStats", "DeliverChunk", "Rebuild", "Versioned", "join_key",
+    "MAX_COMMIT_RETRIES",
+]  # fmt: skip
 
 #: Attempts of a conditional group write that other writers keep beating, before
 #: :class:`~precomputed.errors.ConditionFailedError`.
@@ -42,6 +45,11 @@ MAX_COMMIT_RETRIES = 64
 #: with the bytes of the generation that attempt writes on top of: it must re-apply the
 #: caller's buffered changes to what it is given, keeping no state from a failed attempt.
 Rebuild = Callable[[Mapping[Vec3, "bytes | None"]], Mapping[Vec3, "bytes | None"]]
+
+
+#: ``deliver(index, bytes or None, generation or None)``: one chunk of
+#: :meth:`ChunkStore.read_chunks_each`, as soon as its bytes have arrived.
+DeliverChunk = Callable[[int, "bytes | None", "Generation | None"], None]
 
 
 class Versioned(NamedTuple):
@@ -93,6 +101,9 @@ class ChunkStore(ABC):
     #: True when every chunk is one whole object under :meth:`key`: byte ranges of the
     #: key are byte ranges of the chunk, and exact-size reads fill a chunk in place.
     ranged_chunk_reads: bool = False
+    #: True when :meth:`read_chunks_each` is implemented: each chunk is handed over as
+    #: soon as its bytes arrive, so readers decode while the rest is still on the way.
+    streamed_reads: bool = False
     #: Attempts of :meth:`commit_group_with` before it gives up.
     MAX_COMMIT_RETRIES: int = MAX_COMMIT_RETRIES
 
@@ -118,6 +129,22 @@ class ChunkStore(ABC):
         With ``deferred`` a store may return bytes that still need :meth:`finish` (e.g.
         gzip shard data), so callers can spread that work over their decode threads.
         """
+
+    def read_chunks_each(
+        self, positions: Sequence[Vec3], deliver: DeliverChunk, *, versioned: bool = False
+    ) -> None:
+        """:meth:`read_chunks` with ``deferred=True``, each chunk handed to
+        ``deliver(i, bytes, generation)`` (``i``: its index in ``positions``) as soon as
+        its bytes have arrived, on the thread the store reads on: ``deliver`` must be
+        quick and thread-safe, and the bytes still need :meth:`finish`.
+
+        With ``versioned`` the generation is the one :meth:`read_versioned` reports (the
+        group's key the bytes or the absence came from, every byte of a chunk from it);
+        otherwise None. A chunk may be delivered twice when its shard changed during the
+        read (the second time from the newer generation, which then holds for the whole
+        shard); callers keep the last. The first failure ends the call and is raised
+        (chunks delivered before it stay valid). Only where :attr:`streamed_reads`."""
+        raise NotImplementedError(f"{type(self).__name__} does not stream reads")
 
     def finish(self, pos: Vec3, blob: bytes) -> bytes:
         """Complete a ``read_chunks(..., deferred=True)`` result (identity by default)."""

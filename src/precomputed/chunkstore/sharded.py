@@ -44,7 +44,15 @@ from ..errors import (
 )
 from ..internal.geometry import ChunkGrid, Vec3
 from ..kvstore import NO_VALUE, Generation, KvStore
-from .base import MAX_COMMIT_RETRIES, ChunkStore, CommitStats, Rebuild, Versioned, join_key
+from .base import (
+    MAX_COMMIT_RETRIES,
+    ChunkStore,
+    CommitStats,
+    DeliverChunk,
+    Rebuild,
+    Versioned,
+    join_key,
+)
 
 __all__ = ["Location", "Placement", "ShardedIdStore", "ShardedChunkStore", "shard_number"]
 
@@ -269,6 +277,97 @@ class ShardedIdStore:
         if not len(ids):
             return []
         p = self.place(ids)
+        self._drop_stale(p)
+        gens: dict[int, Generation] = {}
+        blobs = self.read_placed(p, generations=gens)
+        return [(b, gens.get(int(s), NO_VALUE)) for b, s in zip(blobs, p.shards, strict=True)]
+
+    def read_placed_each(
+        self,
+        p: Placement,
+        deliver: DeliverChunk,
+        *,
+        whole: Iterable[int] = (),
+        versioned: bool = False,
+    ) -> None:
+        """:meth:`read_placed` with ``deferred=True``, each id's bytes handed to
+        ``deliver(i, bytes, generation of its shard)`` as soon as they arrive (the index
+        lookups come first; shards in ``whole`` are delivered when read). With
+        ``versioned`` cached index data of changed shards is dropped first, as
+        :meth:`read_versioned` does. When a shard changes during the read its ids are
+        read again through its new index and delivered again (see
+        ``ChunkStore.read_chunks_each``)."""
+        if not len(p.ids):
+            return
+        if versioned:
+            self._drop_stale(p)
+        ids, shards, _ = p
+        whole = set(whole)
+        rest = [i for i in range(len(ids)) if int(shards[i]) not in whole]
+        if rest:
+            self._stream_via_indices(rest, p, deliver)
+        if whole:
+            gens: dict[int, Generation] = {}
+            tmp: list[bytes | None] = [None] * len(ids)
+            self._read_whole_shards(whole, ids, shards, tmp, True, gens if versioned else None)
+            for i in range(len(ids)):
+                if int(shards[i]) in whole:
+                    deliver(i, tmp[i], gens.get(int(shards[i]), NO_VALUE))
+
+    def _stream_via_indices(self, idx: list[int], p: Placement, deliver: DeliverChunk) -> None:
+        ids, shards, minis = p
+        tries = 0
+        while True:
+            try:
+                self._stream_attempt(idx, p, deliver)
+                return
+            except (_Stale, GenerationChangedError) as e:
+                self.invalidate(self._changed_shards(e, p, idx))
+                tries += 1
+                if tries >= self.MAX_INDEX_READS:
+                    # Writers keep replacing the shards: read them whole, one request each.
+                    whole = {int(shards[i]) for i in idx}
+                    tmp: list[bytes | None] = [None] * len(ids)
+                    got: dict[int, Generation] = {}
+                    self._read_whole_shards(whole, ids, shards, tmp, True, got)
+                    for i in idx:
+                        deliver(i, tmp[i], got.get(int(shards[i]), NO_VALUE))
+                    return
+                time.sleep(random.uniform(0, 0.0005 * (1 << min(tries, 6))))
+
+    def _stream_attempt(self, idx: list[int], p: Placement, deliver: DeliverChunk) -> None:
+        """One attempt of :meth:`_stream_via_indices`: the data ranges pinned to the
+        generation their index data came from, each delivered as it arrives."""
+        ids, shards, minis = p
+        locs, gens = self._locate(idx, p)
+        requests: list[Location] = []
+        targets: list[int] = []
+        for i, loc in zip(idx, locs, strict=True):
+            if loc is None:
+                deliver(i, None, gens.get(int(shards[i]), NO_VALUE))
+            else:
+                requests.append(loc)
+                targets.append(i)
+        if not requests:
+            return
+        pins = {loc.key: gens[int(shards[i])] for i, loc in zip(targets, requests, strict=True)}
+
+        def on(j: int, blob: bytes | None, gen: Generation | None) -> None:
+            i = targets[j]
+            key, a, b = requests[j]
+            if blob is None or len(blob) != b - a:
+                raise CorruptDataError(
+                    f'Error reading chunk {int(ids[i])} in minishard {int(minis[i])} of '
+                    f'"{key}": Requested byte range [{a}, {b}) is not valid for '
+                    f"value of size {_size_seen(a, blob)}"
+                )
+            deliver(i, blob, gens[int(shards[i])])
+
+        self.kvstore.read_ranges_each(requests, on, generations=pins)
+
+    def _drop_stale(self, p: Placement) -> None:
+        """Forget cached index data of the shards of ``p`` whose generation changed
+        (one metadata check per shard with cached data)."""
         wanted = {(int(s), int(m)) for s, m in zip(p.shards, p.minishards, strict=True)}
         cached: dict[int, set[Generation]] = {}  # shard -> generations of its cached data
         with self._lock:
@@ -284,9 +383,6 @@ class ShardedIdStore:
         ]
         if stale:
             self.invalidate(stale)
-        gens: dict[int, Generation] = {}
-        blobs = self.read_placed(p, generations=gens)
-        return [(b, gens.get(int(s), NO_VALUE)) for b, s in zip(blobs, p.shards, strict=True)]
 
     def finish(self, blob: bytes, chunk_id: Callable[[], int]) -> bytes:
         """Remove the shard data encoding from a deferred read; ``chunk_id()`` names the
@@ -883,6 +979,8 @@ class ShardedChunkStore(ChunkStore):
     """A sharded scale's chunks: grid positions are compressed Morton ids in a
     :class:`ShardedIdStore` (``ids``); write groups are shard numbers."""
 
+    streamed_reads = True
+
     def __init__(
         self,
         kvstore: KvStore,
@@ -959,6 +1057,17 @@ class ShardedChunkStore(ChunkStore):
             return []
         p = self.placement(positions)
         return self.ids.read_placed(p, whole=self._whole_shards(p.shards), deferred=deferred)
+
+    def read_chunks_each(
+        self, positions: Sequence[Vec3], deliver: DeliverChunk, *, versioned: bool = False
+    ) -> None:
+        if not len(positions):
+            return
+        p = self.placement(positions)
+        # As read_chunks and read_versioned: whole shards in one request each, except
+        # for versioned reads (which go through the revalidated indices).
+        whole = () if versioned else self._whole_shards(p.shards)
+        self.ids.read_placed_each(p, deliver, whole=whole, versioned=versioned)
 
     def read_versioned(self, positions: Sequence[Vec3]) -> list[Versioned]:
         if not len(positions):

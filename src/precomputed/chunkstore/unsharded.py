@@ -12,7 +12,7 @@ from ..codecs.gzip import DEFAULT_LIMIT, too_large
 from ..errors import ConditionFailedError, CorruptDataError
 from ..internal.geometry import ChunkGrid, Vec3
 from ..kvstore import NO_VALUE, Generation, KvStore
-from .base import ChunkStore, CommitStats, Rebuild, Versioned, join_key
+from .base import ChunkStore, CommitStats, DeliverChunk, Rebuild, Versioned, join_key
 
 __all__ = ["UnshardedChunkStore", "SizeBounds"]
 
@@ -41,6 +41,7 @@ class UnshardedChunkStore(ChunkStore):
     """
 
     ranged_chunk_reads = True
+    streamed_reads = True
 
     def __init__(
         self, kvstore: KvStore, prefix: str, grid: ChunkGrid, sizes: SizeBounds | None = None
@@ -86,6 +87,22 @@ class UnshardedChunkStore(ChunkStore):
             return out
         return [None if v is None else self.finish(p, v) for p, v in zip(positions, out, strict=True)]
 
+    def read_chunks_each(
+        self, positions: Sequence[Vec3], deliver: DeliverChunk, *, versioned: bool = False
+    ) -> None:
+        if self._try_suffixes:
+            # Local stores answer at once, and the twins are looked for after the batch.
+            if versioned:
+                for i, pos in enumerate(positions):
+                    got = self._read_versioned_one(pos, finish=False)
+                    deliver(i, got.data, got.generation)
+                return
+            for i, blob in enumerate(self.read_chunks(positions, deferred=True)):
+                deliver(i, blob, None)
+            return
+        keys = [self.key(p) for p in positions]
+        self.kvstore.read_ranges_each([(k, 0, None) for k in keys], deliver, pinned=versioned)
+
     def finish(self, pos: Vec3, blob: bytes) -> bytes:
         """Inflate a chunk CloudVolume stored compressed under the plain key (bounded);
         other bytes are returned as they are, for the encoding's decoder to judge."""
@@ -129,24 +146,23 @@ class UnshardedChunkStore(ChunkStore):
         return found
 
     def read_versioned(self, positions: Sequence[Vec3]) -> list[Versioned]:
-        out: list[Versioned] = []
-        for pos in positions:
-            key = self.key(pos)
-            data, gen = self.kvstore.read_with_generation(key)
-            if data is not None:
-                out.append(Versioned(self.finish(pos, data), gen))
-                continue
-            # Missing under the plain key: CloudVolume's compressed twin, if any, is the
-            # stored chunk; a write goes to the plain key "only if absent" (NO_VALUE).
-            if self._try_suffixes:
-                for suffix, method in SUFFIXES.items():
-                    twin = self.kvstore.read(key + suffix)
-                    if twin is not None:
-                        _, most = self.sizes(pos)
-                        data = inflate(twin, method, most, f'"{key + suffix}"')
-                        break
-            out.append(Versioned(data, gen))
-        return out
+        return [self._read_versioned_one(pos) for pos in positions]
+
+    def _read_versioned_one(self, pos: Vec3, finish: bool = True) -> Versioned:
+        key = self.key(pos)
+        data, gen = self.kvstore.read_with_generation(key)
+        if data is not None:
+            return Versioned(self.finish(pos, data) if finish else data, gen)
+        # Missing under the plain key: CloudVolume's compressed twin, if any, is the
+        # stored chunk; a write goes to the plain key "only if absent" (NO_VALUE).
+        if self._try_suffixes:
+            for suffix, method in SUFFIXES.items():
+                twin = self.kvstore.read(key + suffix)
+                if twin is not None:
+                    _, most = self.sizes(pos)
+                    data = inflate(twin, method, most, f'"{key + suffix}"')
+                    break
+        return Versioned(data, gen)
 
     def commit_group_with(
         self, group: Hashable, positions: Sequence[Vec3], rebuild: Rebuild

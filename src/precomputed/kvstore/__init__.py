@@ -5,7 +5,7 @@
 the network stores' retry policy and timeouts. docs/stores.md describes each store.
 """
 
-from .base import NO_VALUE, UNVERSIONED, Generation, KvStore, RangeRequest
+from .base import NO_VALUE, UNVERSIONED, Deliver, Generation, KvStore, RangeRequest
 from .file import FileKvStore
 from .fsspec import FsspecKvStore
 from .gcs import GcsKvStore
@@ -25,6 +25,7 @@ __all__ = [
     "Timeouts",
     "RemoteKvStore",
     "RangeRequest",
+    "Deliver",
     "open_kvstore",
     "FsspecKvStore",
     "FileKvStore",

@@ -20,7 +20,7 @@ import builtins
 import threading
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -28,7 +28,7 @@ from ..errors import GenerationChangedError, PermissionDeniedError, PrecomputedE
 from .keys import CHECKED_KEYS as _checked_keys
 from .keys import check_key, check_prefix
 
-__all__ = ["KvStore", "Generation", "RangeRequest", "NO_VALUE", "UNVERSIONED"]
+__all__ = ["KvStore", "Deliver", "Generation", "RangeRequest", "NO_VALUE", "UNVERSIONED"]
 
 #: Opaque version token of a stored object; ``NO_VALUE`` means "the key does not exist".
 #: Two reads reporting the same generation saw the same bytes; every write of a key
@@ -43,6 +43,9 @@ UNVERSIONED: Generation = "?"
 
 #: ``(key, start, stop)``; ``stop=None`` reads to the end of the object.
 RangeRequest = tuple[str, int, int | None]
+#: ``deliver(index, bytes or None, generation or None)``: one answer of
+#: :meth:`KvStore.read_ranges_each`, called as soon as it has arrived.
+Deliver = Callable[[int, "bytes | None", "Generation | None"], None]
 
 
 def coalesce_ranges(
@@ -317,6 +320,70 @@ class KvStore(ABC):
             )
         return out, got
 
+    def read_ranges_each(
+        self,
+        requests: Sequence[RangeRequest],
+        deliver: Deliver,
+        *,
+        pinned: bool = False,
+        generations: Mapping[str, Generation] | None = None,
+    ) -> dict[str, Generation]:
+        """Byte ranges like :meth:`read_ranges` (or, with ``pinned``, like
+        :meth:`read_ranges_pinned`), each handed to ``deliver(i, bytes, generation)`` as
+        soon as its answer has arrived instead of all at the end, so a caller can
+        decode the first answers while the others are still on the way.
+
+        ``deliver`` is called once per request, in the order the answers arrive, on
+        whatever thread the store reads on (the network stores' event-loop thread): it
+        must be quick (hand the work to another thread) and thread-safe. ``generation``
+        is None unless ``pinned``; then it is the generation the bytes came from
+        (``NO_VALUE``: missing), all ranges of one key from one generation as in
+        :meth:`read_ranges_pinned`. Returns each key's generation (``{}`` unless
+        ``pinned``).
+
+        Errors: the first failure (a request that fails after its retries, or an
+        exception ``deliver`` raises) ends the call at once, cancelling the requests
+        still under way, and is raised as it is; some requests may have been delivered
+        before. A key listed in ``generations`` that now holds another version raises
+        :class:`~precomputed.errors.GenerationChangedError` after the others are
+        delivered; ranges of it that were delivered came from the pinned generation.
+        """
+        for k, _, _ in requests:
+            if k not in _checked_keys:
+                check_key(k)
+        pins = dict(generations) if generations else {}
+        pinned = pinned or bool(pins)
+        merged, parts = coalesce_ranges(requests, self.coalesce_gap, self.coalesce_limit)
+        for k, a, b in merged:
+            if a == 0 and b is None and not pinned:
+                self._record("read", k)  # counted as read_many counts it
+            else:
+                self._record("read_range", k, a, b)
+
+        def on_answer(j: int, blob: bytes | None, gen: Generation | None) -> None:
+            start, members = parts[j]
+            if start is None:
+                deliver(members[0], blob, gen)
+                return
+            for i in members:
+                _, a, b = requests[i]
+                deliver(i, None if blob is None else blob[a - start : b - start], gen)  # type: ignore[operator]
+
+        got, changed = self._guard(
+            "reading", _keys_of(k for k, _, _ in requests), self._read_ranges_each, merged,
+            on_answer, pinned, pins,
+        )  # fmt: skip
+        if changed:
+            detail = {k: (pins.get(k), actual) for k, actual in changed.items()}
+            names = ", ".join(
+                f"{k!r} (expected generation {e!r}, found {a!r})" for k, (e, a) in detail.items()
+            )
+            raise GenerationChangedError(
+                f"{self.url}: changed while being read: {names}", detail,
+                ([], {k: g for k, g in got.items() if k not in changed}),
+            )  # fmt: skip
+        return got
+
     def read_if_changed(
         self, key: str, generation: Generation
     ) -> tuple[bytes | None, Generation] | None:
@@ -506,6 +573,27 @@ class KvStore(ABC):
             for k, a, b in requests
         ]
         return blobs, {k: gen for k, (_, gen) in whole.items()}, changed
+
+    def _read_ranges_each(
+        self,
+        requests: builtins.list[RangeRequest],
+        deliver: Deliver,
+        pinned: bool,
+        pins: dict[str, Generation],
+    ) -> tuple[dict[str, Generation], dict[str, Generation | None]]:
+        """Hook of :meth:`read_ranges_each` (requests already coalesced): ``(generation
+        per key read, {key: generation found} for pinned keys that changed)``. This
+        default reads the whole batch, then delivers every answer; the network stores
+        deliver each as it arrives."""
+        if not pinned:
+            for j, blob in enumerate(self._read_ranges(requests)):
+                deliver(j, blob, None)
+            return {}, {}
+        blobs, gens, changed = self._read_ranges_pinned(requests, pins, {})
+        for j, ((k, _, _), blob) in enumerate(zip(requests, blobs, strict=True)):
+            if k not in changed:
+                deliver(j, blob, gens[k])
+        return gens, changed
 
     def _read_if_changed(
         self, key: str, generation: Generation

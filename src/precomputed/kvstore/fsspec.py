@@ -201,6 +201,7 @@ class FsspecKvStore(RemoteKvStore):
 
     # The hooks of KvStore's own generation defaults (whole reads), not RemoteKvStore's.
     _read_ranges_pinned = KvStore._read_ranges_pinned
+    _read_ranges_each = KvStore._read_ranges_each  # whole batch, then every answer
     _read_if_changed = KvStore._read_if_changed
     _current_generation = KvStore._current_generation
 

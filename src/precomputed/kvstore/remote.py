@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 import fsspec.asyn
 
 from ..errors import InvalidArgumentError, PrecomputedError, StorageError
-from .base import NO_VALUE, UNVERSIONED, Generation, KvStore, RangeRequest
+from .base import NO_VALUE, UNVERSIONED, Deliver, Generation, KvStore, RangeRequest
 from .retry import RetryPolicy, Timeouts, Transient, retrying
 
 __all__ = ["RemoteKvStore", "Response", "hash_generation"]
@@ -388,35 +388,10 @@ class RemoteKvStore(KvStore):
 
         async def batch() -> list[tuple[list[bytes | None] | None, Generation | None]]:
             sem = asyncio.Semaphore(self.concurrency)
-
-            async def get(k: str, a: int, b: int | None, pin: Generation | None) -> _Got:
-                async with sem:
-                    return await self._a_get(k, a, b, if_match=pin)
-
-            async def one_key(k: str, idx: list[int]) -> tuple[list[bytes | None] | None, Generation | None]:
-                ranges = [(requests[i][1], requests[i][2]) for i in idx]
-                by_caller = k in pins
-                pin = pins.get(k)
-                found: Generation | None = None
-                for _ in range(_PIN_ROUNDS):
-                    gots = await gather_or_cancel([get(k, a, b, pin) for a, b in ranges])
-                    lost = [g for g in gots if g.outcome == "changed"]
-                    if lost:
-                        found = lost[0].generation
-                        if by_caller:
-                            return None, found
-                        pin = None  # our own pin went stale: start over
-                        continue
-                    gens = [self._seen_generation(g.generation) for g in gots]
-                    if len(set(gens)) == 1:
-                        known = {g.size for g in gots if g.size is not None}
-                        if len(known) == 1:  # one version: one size
-                            sizes[k] = known.pop()
-                        return [g.data for g in gots], gens[0]
-                    pin = found = gens[0]  # mixed versions: hold the rest to the first
-                return None, found
-
-            return await gather_or_cancel([one_key(k, idx) for k, idx in by_key.items()])
+            return await gather_or_cancel([
+                self._a_read_key_pinned(k, [requests[i][1:] for i in idx], pins, sizes, sem)
+                for k, idx in by_key.items()
+            ])  # fmt: skip
 
         results = self._run(batch)
         out: list[bytes | None] = [None] * len(requests)
@@ -431,6 +406,118 @@ class RemoteKvStore(KvStore):
             for i, blob in zip(idx, blobs, strict=True):
                 out[i] = blob
         return out, gens, changed
+
+    async def _a_read_key_pinned(
+        self,
+        k: str,
+        ranges: list[tuple[int, int | None]],
+        pins: dict[str, Generation],
+        sizes: dict[str, int],
+        sem: asyncio.Semaphore,
+    ) -> tuple[list[bytes | None] | None, Generation | None]:
+        """All ``ranges`` of key ``k`` from one generation of it (the caller's pin, if
+        ``pins`` has one): ``(bytes per range, generation)``, or ``(None, generation
+        found)`` when the pinned key changed or an unpinned one kept changing."""
+
+        async def get(a: int, b: int | None, pin: Generation | None) -> _Got:
+            async with sem:
+                return await self._a_get(k, a, b, if_match=pin)
+
+        by_caller = k in pins
+        pin = pins.get(k)
+        found: Generation | None = None
+        for _ in range(_PIN_ROUNDS):
+            gots = await gather_or_cancel([get(a, b, pin) for a, b in ranges])
+            lost = [g for g in gots if g.outcome == "changed"]
+            if lost:
+                found = lost[0].generation
+                if by_caller:
+                    return None, found
+                pin = None  # our own pin went stale: start over
+                continue
+            gens = [self._seen_generation(g.generation) for g in gots]
+            if len(set(gens)) == 1:
+                known = {g.size for g in gots if g.size is not None}
+                if len(known) == 1:  # one version: one size
+                    sizes[k] = known.pop()
+                return [g.data for g in gots], gens[0]
+            pin = found = gens[0]  # mixed versions: hold the rest to the first
+        return None, found
+
+    def _read_ranges_each(
+        self,
+        requests: list[RangeRequest],
+        deliver: Deliver,
+        pinned: bool,
+        pins: dict[str, Generation],
+    ) -> tuple[dict[str, Generation], dict[str, Generation | None]]:
+        # Every answer is delivered from the event loop the moment it is checked; one
+        # bound of requests in flight for the whole batch, no barrier between answers.
+        failure: list[BaseException] = []
+        gens: dict[str, Generation] = {}
+        changed: dict[str, Generation | None] = {}
+
+        def hand(j: int, blob: bytes | None, gen: Generation | None) -> None:
+            try:
+                deliver(j, blob, gen)
+            except BaseException as e:
+                failure.append(e)
+                raise
+
+        async def batch() -> None:
+            sem = asyncio.Semaphore(self.concurrency)
+
+            async def one(j: int, pin: Generation | None) -> None:
+                k, a, b = requests[j]
+                async with sem:
+                    got = await self._a_get(k, a, b, if_match=pin)
+                if not pinned:
+                    hand(j, got.data, None)
+                    return
+                if got.outcome == "changed":  # only with a caller's pin
+                    changed[k] = got.generation
+                    return
+                gen = gens[k] = self._seen_generation(got.generation)
+                hand(j, got.data, gen)
+
+            async def key_whole(k: str, idx: list[int]) -> None:
+                # Several ranges of a key nobody pinned: held to one version together.
+                blobs, gen = await self._a_read_key_pinned(
+                    k, [requests[j][1:] for j in idx], pins, {}, sem
+                )
+                if blobs is None:
+                    changed[k] = gen
+                    return
+                assert gen is not None
+                gens[k] = gen
+                for j, blob in zip(idx, blobs, strict=True):
+                    hand(j, blob, gen)
+
+            if not pinned:
+                await gather_or_cancel([one(j, None) for j in range(len(requests))])
+                return
+            by_key: dict[str, list[int]] = {}
+            for j, (k, _, _) in enumerate(requests):
+                by_key.setdefault(k, []).append(j)
+            coros: list[Awaitable[None]] = []
+            for k, idx in by_key.items():
+                if k in pins or len(idx) == 1:
+                    # Each answer is checked on its own: against the caller's pin, or
+                    # the only range of its key (one answer, one version).
+                    coros.extend(one(j, pins.get(k)) for j in idx)
+                else:
+                    coros.append(key_whole(k, idx))
+            await gather_or_cancel(coros)
+
+        try:
+            self._run(batch)
+        except BaseException:
+            if failure:
+                raise failure[0] from None
+            raise
+        for k in changed:
+            gens.pop(k, None)
+        return gens, changed
 
     async def _a_read_if_changed(
         self, key: str, generation: Generation

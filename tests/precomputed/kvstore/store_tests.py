@@ -109,6 +109,58 @@ class ReadableStoreTests:
         assert store.read_ranges(reqs) == want
         assert store.read_many([]) == [] and store.read_ranges([]) == []
 
+    def test_streamed_reads_deliver_what_batch_reads_return(self, store: KvStore, put: Any) -> None:
+        """read_ranges_each hands over each answer once, the same bytes read_ranges
+        (and, pinned, read_ranges_pinned with its generations) returns."""
+        put("k", DATA)
+        put("m/3", b"3")
+        reqs = [("k", i * 30, i * 30 + 7) for i in range(34)]
+        reqs += [("missing", 0, 4), ("k", 1020, 1100), ("k", 2000, 2001), ("m/3", 0, None)]
+        got: dict[int, tuple[bytes | None, str | None]] = {}
+        lock = threading.Lock()
+
+        def deliver(i: int, blob: bytes | None, gen: str | None) -> None:
+            with lock:
+                assert i not in got, f"request {i} delivered twice"
+                got[i] = (blob, gen)
+
+        assert store.read_ranges_each(reqs, deliver) == {}
+        assert [got[i] for i in range(len(reqs))] == [(b, None) for b in store.read_ranges(reqs)]
+        got.clear()
+        gens = store.read_ranges_each(reqs, deliver, pinned=True)
+        blobs, want = store.read_ranges_pinned(reqs)
+        assert gens == want and want["missing"] == NO_VALUE
+        assert [got[i] for i in range(len(reqs))] == [
+            (b, want[k]) for (k, _, _), b in zip(reqs, blobs, strict=True)
+        ]
+        assert store.read_ranges_each([], deliver) == {}
+
+    def test_streamed_pinned_read_detects_a_replacement(self, store: KvStore, put: Any) -> None:
+        """Pinned to an older generation: nothing of the new version is delivered, the
+        other keys are, and GenerationChangedError names the key that changed."""
+        put("shard", DATA)
+        put("other", b"unchanged")
+        _, gens = store.read_ranges_pinned([("shard", 0, 16), ("other", 0, None)])
+        put("shard", OTHER)
+        got: dict[int, tuple[bytes | None, str | None]] = {}
+        reqs = [("shard", 100, 200), ("other", 0, 4), ("shard", 0, 1)]
+        with pytest.raises(GenerationChangedError) as info:
+            store.read_ranges_each(reqs, lambda i, b, g: got.__setitem__(i, (b, g)), generations=gens)
+        assert set(info.value.changed) == {"shard"}
+        assert got == {1: (b"unch", gens["other"])}
+
+    def test_streamed_read_raises_what_deliver_raises(self, store: KvStore, put: Any) -> None:
+        put("k", DATA)
+
+        class Stop(Exception):
+            pass
+
+        def deliver(i: int, blob: bytes | None, gen: str | None) -> None:
+            raise Stop(i)
+
+        with pytest.raises(Stop):
+            store.read_ranges_each([("k", 0, 1), ("k", 900, 901)], deliver)
+
     def test_sized_range_reads_report_every_object_size(self, store: KvStore, put: Any) -> None:
         put("k", DATA)
         put("small", b"abc")
