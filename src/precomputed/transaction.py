@@ -146,7 +146,7 @@ def _combined(
         if mask is None:
             return ours if base_merge is None else base_merge(pos, ours, stored)
         out = np.zeros_like(ours) if stored is None else np.array(stored, ours.dtype, order="C")
-        out[mask] = ours[mask]
+        np.copyto(out, ours, where=mask)
         outcomes[pos] = (_APPLIED, out)
         return out
 
