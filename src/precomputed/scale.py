@@ -36,11 +36,15 @@ MISSING = np.zeros(0, np.uint8)
 
 class ChunkOverlay(Protocol):
     """Decoded chunks that stand in front of storage: what a transaction buffers. Reads
-    take a chunk from here first; buffered writes put it here."""
+    take a chunk from here first; buffered writes put it here, saying which voxels they
+    wrote (``written``: a czyx index of the chunk, ``None``: all of it), so a commit can
+    re-apply just those on top of what is stored by then."""
 
     def get(self, scale: OpenedScale, pos: Vec3, /) -> np.ndarray | None: ...
 
-    def put(self, scale: OpenedScale, pos: Vec3, chunk: np.ndarray, /) -> None: ...
+    def put(
+        self, scale: OpenedScale, pos: Vec3, chunk: np.ndarray, /, written: Any = None
+    ) -> None: ...
 
 
 class OpenedScale:

@@ -8,6 +8,14 @@ chunk key when unsharded) exactly once. Edits made while a commit runs, and edit
 groups whose commit failed, stay dirty, so a later commit (a retry) stores them; nothing
 is dropped silently.
 
+Every commit is a conditional read-modify-write of each group it touches. The
+transaction remembers which voxels of each dirty chunk its writes covered (a mask; a chunk
+written whole needs none): a partly written chunk is committed by putting just those
+voxels on top of the chunk stored at the generation the write replaces, re-read and
+re-applied when another writer got there first. So another writer's change to other
+voxels of the chunk, made after this transaction read the chunk into its buffer, is
+kept; voxels both wrote keep the values of the later commit.
+
 With ``bases`` (the stored chunks the edits were made on) the commit merges: each group
 is a conditional read-modify-write in which every dirty chunk is merged three-way
 (:func:`merge_chunk`) with the chunk stored at the very generation the write replaces;
@@ -118,6 +126,37 @@ def _merger(
     return merge
 
 
+#: A dirty chunk: (version, chunk_czyx, the voxels written or ``None``: all of it).
+_Dirty = tuple[int, np.ndarray, "np.ndarray | None"]
+
+
+def _combined(
+    base_merge: Callable[[Vec3, np.ndarray, np.ndarray | None], np.ndarray | None] | None,
+    masks: Mapping[Vec3, np.ndarray],
+    outcomes: dict[Vec3, tuple[Rebased, np.ndarray]],
+) -> Callable[[Vec3, np.ndarray, np.ndarray | None], np.ndarray | None]:
+    """The ``merge`` of a commit: chunks with a written-voxel mask (and no base) get
+    their written voxels put on top of ``stored``; the others go to ``base_merge`` (the
+    three-way merge of chunks with bases), or are stored as they are. The stored chunk
+    of a masked one is recorded in ``outcomes`` without a report (``Rebased`` is for
+    chunks with bases)."""
+
+    def merge(pos: Vec3, ours: np.ndarray, stored: np.ndarray | None) -> np.ndarray | None:
+        mask = masks.get(pos)
+        if mask is None:
+            return ours if base_merge is None else base_merge(pos, ours, stored)
+        out = np.zeros_like(ours) if stored is None else np.array(stored, ours.dtype, order="C")
+        np.copyto(out, ours, where=mask)
+        outcomes[pos] = (_APPLIED, out)
+        return out
+
+    return merge
+
+
+#: The ``outcomes`` mark of a chunk whose written voxels were applied (not reported).
+_APPLIED = Rebased((0, 0, 0), "applied")
+
+
 class Transaction:
     """Buffered writes to one or more scales; use as a context manager or commit by hand.
 
@@ -127,8 +166,8 @@ class Transaction:
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
-        # id(handle) -> (handle, {pos: (version, chunk_czyx)})
-        self._dirty: dict[int, tuple[OpenedScale, dict[Vec3, tuple[int, np.ndarray]]]] = {}
+        # id(handle) -> (handle, {pos: _Dirty})
+        self._dirty: dict[int, tuple[OpenedScale, dict[Vec3, _Dirty]]] = {}
         self._version = 0
         self._bound: list[OpenedScale] = []  # scales whose writes go here in a with-block
         self.last_stats: CommitStats | None = None
@@ -142,11 +181,39 @@ class Transaction:
             item = entry[1].get(pos)
             return None if item is None else item[1]
 
-    def put(self, handle: OpenedScale, pos: Vec3, chunk: np.ndarray) -> None:
+    def put(
+        self, handle: OpenedScale, pos: Vec3, chunk: np.ndarray, written: Any = None
+    ) -> None:
+        """Buffer ``chunk`` (czyx) as the new content of ``pos``; ``written`` (a czyx
+        index of the chunk; ``None``: all of it) are the voxels this write set, added to
+        those earlier writes of the chunk set: the commit stores only them (on top of
+        what is stored then) unless the whole chunk was written."""
         with self._lock:
-            self._version += 1
             entry = self._dirty.setdefault(id(handle), (handle, {}))
-            entry[1][pos] = (self._version, chunk)
+            prev = entry[1].get(pos)
+            mask: np.ndarray | None = None
+            if written is not None and (prev is None or prev[2] is not None):
+                mask = (
+                    np.zeros(chunk.shape, bool) if prev is None else np.array(prev[2], bool)
+                )
+                mask[written] = True
+                if mask.all():
+                    mask = None
+            self._put(entry[1], pos, chunk, mask)
+
+    def _put(
+        self, chunks: dict[Vec3, _Dirty], pos: Vec3, chunk: np.ndarray, mask: np.ndarray | None
+    ) -> None:
+        self._version += 1
+        chunks[pos] = (self._version, chunk, mask)
+
+    def written(self, handle: OpenedScale, pos: Vec3) -> np.ndarray | None:
+        """The voxels of dirty chunk ``pos`` this transaction's writes set (a bool czyx
+        mask), ``None`` when they set all of it (or it is not dirty)."""
+        with self._lock:
+            entry = self._dirty.get(id(handle))
+            item = None if entry is None else entry[1].get(pos)
+            return None if item is None or item[2] is None else item[2].copy()
 
     @property
     def dirty_chunks(self) -> int:
@@ -180,7 +247,8 @@ class Transaction:
     ) -> bool:
         """Swap the dirty chunk at ``pos`` for ``new`` (``None``: forget it, nothing to
         store) only if it is still the array ``expected`` (identity): a concurrent write
-        in between wins. Returns whether the swap happened."""
+        in between wins. The voxels counted as written stay those of the writes. Returns
+        whether the swap happened."""
         with self._lock:
             entry = self._dirty.get(id(handle))
             item = None if entry is None else entry[1].get(pos)
@@ -191,7 +259,7 @@ class Transaction:
                 if not entry[1]:  # type: ignore[index]
                     del self._dirty[id(handle)]
             else:
-                self.put(handle, pos, new)
+                self._put(entry[1], pos, new, item[2])  # type: ignore[index]
             return True
 
     def rebase(
@@ -269,6 +337,12 @@ class Transaction:
         ``"superseded"`` when that is what is stored), :func:`merge_chunk`.
         ``on_merged(handle, rebased)`` reports, after each group is stored, what the
         attempt that was stored did with each of its chunks that had a base.
+
+        A chunk without a base that the transaction's writes covered only partly is
+        committed the same way: its written voxels (:meth:`written`) are put on top of
+        the chunk stored at the generation being replaced (missing: zeros), again on
+        every retry, so another writer's other voxels are kept. Chunks written whole
+        replace what is stored, unread.
         """
         total = CommitStats()
         with self._lock:
@@ -277,14 +351,19 @@ class Transaction:
             base_of = None if bases is None else bases.get(handle)
             if base_of:
                 self._drop_undone(handle, chunks, base_of, on_merged)
-            arrays = {pos: arr for pos, (_, arr) in chunks.items()}
+            arrays = {pos: arr for pos, (_, arr, _) in chunks.items()}
             # What the latest attempt of each group did (an attempt replaces the last).
             outcomes: dict[Vec3, tuple[Rebased, np.ndarray]] = {}
+            masks = {
+                pos: m
+                for pos, (_, _, m) in chunks.items()
+                if m is not None and (base_of is None or pos not in base_of)
+            }
 
             def done(
                 positions: list[Vec3],
                 handle: OpenedScale = handle,
-                chunks: dict[Vec3, tuple[int, np.ndarray]] = chunks,
+                chunks: dict[Vec3, _Dirty] = chunks,
                 outcomes: dict[Vec3, tuple[Rebased, np.ndarray]] = outcomes,
             ) -> None:
                 # Forget only entries not rewritten while we were committing.
@@ -301,16 +380,27 @@ class Transaction:
                         p: outcomes[p][1] if p in outcomes else chunks[p][1] for p in positions
                     }
                     if on_merged is not None:
-                        merged = [outcomes[p][0] for p in positions if p in outcomes]
+                        merged = [
+                            outcomes[p][0]
+                            for p in positions
+                            if p in outcomes and outcomes[p][0] is not _APPLIED
+                        ]
                         if merged:
                             on_merged(handle, merged)
                     if on_committed is not None:
                         still = set() if entry is None else {p for p in positions if p in entry[1]}
                         on_committed(handle, stored, still)
 
-            merge = None if base_of is None else _merger(base_of, outcomes)
+            merge, reads = None, None
+            if base_of is not None or masks:
+                merge = _combined(
+                    None if base_of is None else _merger(base_of, outcomes), masks, outcomes
+                )
+                reads = set(masks) | {p for p in arrays if base_of is not None and p in base_of}
             total.add(
-                commit_chunks(handle, arrays, progress=progress, on_group_done=done, merge=merge)
+                commit_chunks(
+                    handle, arrays, progress=progress, on_group_done=done, merge=merge, reads=reads
+                )
             )
         self.last_stats = total
         return total
@@ -318,14 +408,14 @@ class Transaction:
     def _drop_undone(
         self,
         handle: OpenedScale,
-        chunks: dict[Vec3, tuple[int, np.ndarray]],
+        chunks: dict[Vec3, _Dirty],
         base_of: Mapping[Vec3, np.ndarray | None],
         on_merged: Merged | None,
     ) -> None:
         """Chunks whose edits were all undone (equal to their base) need no write, nor
         a read: they leave the transaction (and ``chunks``) before the commit."""
         undone = []
-        for pos, (_, arr) in list(chunks.items()):
+        for pos, (_, arr, _) in list(chunks.items()):
             if pos in base_of and _same(arr, base_of[pos]) and self.replace(handle, pos, arr, None):
                 del chunks[pos]
                 undone.append(Rebased(pos, "unchanged"))

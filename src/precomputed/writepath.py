@@ -13,7 +13,7 @@ Progress is reported on the caller's thread.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Collection, Hashable, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import numpy as np
@@ -100,7 +100,10 @@ def write_box(
                 if pos not in chunks:
                     chunks[pos] = np.empty(scale.chunk_shape(pos), scale.dtype)
                 place(pos, chunks[pos])
-                txn.put(scale, pos, chunks[pos])
+                # The voxels written: the commit re-applies only them to what is stored.
+                cb = scale.grid.chunk_box(pos)
+                written = None if covered(pos) else (slice(c0, c1), *zyx_slices(box.intersect(cb), cb))
+                txn.put(scale, pos, chunks[pos], written)
         return None
 
     def build(
@@ -136,6 +139,7 @@ def commit_chunks(
     progress: Progress | None = None,
     on_group_done: Callable[[list[Vec3]], None] | None = None,
     merge: Merge | None = None,
+    reads: Collection[Vec3] | None = None,
 ) -> CommitStats:
     """Encode and store decoded chunks of one scale, one write per group (shard/chunk).
 
@@ -146,6 +150,9 @@ def commit_chunks(
     first, the chunks are read again and ``merge`` called again (so it must not keep
     state from a failed attempt; it runs under the group's lock, on a worker thread).
     Without ``merge`` the chunks replace what is stored (other chunks of a shard kept).
+    ``reads``: the chunks whose stored version ``merge`` needs (default: all); the others
+    replace what is stored without being read (an unsharded group of only such chunks is
+    written without a read).
 
     A failure leaves the groups not yet stored uncommitted (``on_group_done`` not called
     for them); the other groups already under way still finish.
@@ -164,9 +171,15 @@ def commit_chunks(
             scale, groups, build, progress=progress, on_group_done=on_group_done
         )
 
+    def needs(members: list[Vec3]) -> list[Vec3]:
+        return list(members) if reads is None else [p for p in members if p in reads]
+
     def merged(members: list[Vec3], stored: Mapping[Vec3, np.ndarray | None]) -> dict[Vec3, np.ndarray]:
         out: dict[Vec3, np.ndarray] = {}
         for p in members:
+            if reads is not None and p not in reads:
+                out[p] = chunks[p]
+                continue
             got = merge(p, chunks[p], stored.get(p))
             if got is not None:
                 out[p] = got
@@ -176,7 +189,7 @@ def commit_chunks(
         scale,
         groups,
         merged,
-        needs=list,
+        needs=needs,
         progress=progress,
         on_group_done=on_group_done,
     )

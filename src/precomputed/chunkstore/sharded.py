@@ -222,15 +222,34 @@ class ShardedIdStore:
                     del cache[k]
 
     # -- reading --------------------------------------------------------------------------
-    def locate_many(self, ids: Sequence[int] | np.ndarray) -> list[Location | None]:
+    def locate_many(
+        self,
+        ids: Sequence[int] | np.ndarray,
+        *,
+        generations: dict[str, Generation] | None = None,
+    ) -> list[Location | None]:
         """Where each id's stored value lies (``None`` where the id is absent), without
         reading it: the index lookups of :meth:`read_many`, batched and cached alike. For
         callers that read more than the value (e.g. the unindexed prefix in front of it),
-        then check and decode it with :meth:`check_read` and :meth:`decode_value`."""
+        then check and decode it with :meth:`check_read` and :meth:`decode_value`.
+
+        ``generations`` (a dict to fill): the generation of each shard key the locations
+        came from (one per shard). Read the locations with
+        ``kvstore.read_ranges_pinned(requests, generations)``: a
+        :class:`GenerationChangedError` then means the shard was replaced since its
+        index was read (:meth:`invalidate` it and locate again), never other bytes."""
         if not len(ids):
             return []
         p = self.place(ids)
-        return self._consistently(p, range(len(p.ids)), lambda: self._locate(range(len(p.ids)), p)[0])
+        idx = range(len(p.ids))
+
+        def attempt() -> list[Location | None]:
+            locs, gens = self._locate(idx, p)
+            if generations is not None:
+                generations.update({self.shard_key(s): g for s, g in gens.items()})
+            return locs
+
+        return self._consistently(p, idx, attempt)
 
     def read_many(
         self, ids: Sequence[int] | np.ndarray, *, deferred: bool = False

@@ -13,23 +13,45 @@ Round trips, cold (manifests cached afterwards):
   coarsest LOD lies just before the manifest, and the same request reads that much more
   in front of it: three round trips.
 - legacy: manifest ``<id>:0``, then the fragments.
+
+Consistency (sharded): a manifest and the fragments it points at are read at the one
+generation of their shard that the shard index lookups (``locate_many``) came from, and a
+cached manifest remembers it: every later fragment read is pinned to it
+(``read_ranges_pinned``). When the shard was replaced in between, no bytes of the new
+version are mixed in: the cached manifests and index data of that shard are dropped and
+the segment located again, up to :attr:`MultiLodMeshSource.MAX_READ_ATTEMPTS` times,
+then :class:`~precomputed.errors.ConditionFailedError`. A mesh returned is always one
+version a writer stored. Unsharded, ``<id>.index`` and ``<id>`` are two objects written
+one after the other (data first): a fragment read whose data file no longer has the size
+the manifest gives, while the manifest was replaced since it was read, is treated the same
+way; a data file replaced by one of the same size, or read between a writer's two writes,
+is not detected (the unsharded format has no one version of both).
 """
 
 from __future__ import annotations
 
+import random
 import threading
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from cachetools import LRUCache
 
 from ..chunkstore import ShardedIdStore
-from ..errors import CorruptDataError, InvalidArgumentError, NotFoundError, OutOfRangeError
+from ..errors import (
+    ConditionFailedError,
+    CorruptDataError,
+    GenerationChangedError,
+    InvalidArgumentError,
+    NotFoundError,
+    OutOfRangeError,
+)
 from ..info_members import read_json, resolve_subdir, volume_location
-from ..kvstore import KvStore, open_kvstore
+from ..kvstore import Generation, KvStore, open_kvstore
 from .draco import decode_fragment
 from .info import LEGACY_TYPE, MULTILOD_TYPE, MeshInfo, parse_mesh_info
 from .legacy import decode_legacy_fragment, maybe_gunzip, parse_legacy_manifest
@@ -39,6 +61,7 @@ from .mesh import Mesh
 __all__ = ["open", "MeshSource", "MultiLodMeshSource", "LegacyMeshSource"]
 
 _U64_MAX = (1 << 64) - 1
+_T = TypeVar("_T")
 
 
 def _segment_id(segment_id: Any) -> int:
@@ -128,11 +151,25 @@ class MeshSource(ABC):
 
 @dataclass(frozen=True)
 class _Located:
-    """A manifest and where its segment's fragment data start (absolute) in ``key``."""
+    """A manifest and where its segment's fragment data start (absolute) in ``key``;
+    ``generation``: the version of ``key`` they describe (sharded), ``None`` unsharded
+    (the data file is another object than the manifest, whose key and generation are
+    ``index_key`` and ``index_generation``)."""
 
     manifest: MultiLodManifest
     key: str
     data_start: int
+    generation: Generation | None = None
+    index_key: str = ""
+    index_generation: Generation | None = None
+
+
+class _Changed(Exception):
+    """Data keys replaced since their manifests were read: forget them and read again."""
+
+    def __init__(self, keys: set[str]) -> None:
+        super().__init__(keys)
+        self.keys = keys
 
 
 class MultiLodMeshSource(MeshSource):
@@ -144,6 +181,9 @@ class MultiLodMeshSource(MeshSource):
     #: Most fragment bytes of one LOD of one segment fetched (a manifest claiming more is
     #: refused as corrupt before anything is requested).
     MAX_LOD_BYTES = 1 << 30
+    #: Reads that found a segment's data replaced since its manifest was read before
+    #: :class:`~precomputed.errors.ConditionFailedError` (see the module notes).
+    MAX_READ_ATTEMPTS = 8
 
     def __init__(self, kvstore: KvStore, prefix: str, info: MeshInfo) -> None:
         super().__init__(kvstore, prefix, info)
@@ -179,8 +219,39 @@ class MultiLodMeshSource(MeshSource):
 
     # -- manifests ------------------------------------------------------------------------
     def _manifests_of(self, ids: list[int]) -> list[_Located | None]:
-        found, _ = self._fetch_manifests(ids, speculate=False)
+        found, _ = self._consistently(ids, lambda: self._fetch_manifests(ids, speculate=False))
         return [found[i] for i in ids]
+
+    def _consistently(self, ids: list[int], attempt: Callable[[], _T]) -> _T:
+        """Run ``attempt`` (reads of ``ids``' manifests and fragments) until no data key
+        it read had changed since its manifest was read: after each such find the cached
+        manifests and index data of the changed keys are forgotten; at most
+        :attr:`MAX_READ_ATTEMPTS` attempts, then :class:`ConditionFailedError`."""
+        tries = 0
+        while True:
+            try:
+                return attempt()
+            except (_Changed, GenerationChangedError) as e:
+                keys = e.keys if isinstance(e, _Changed) else set(e.changed)
+                self._forget(ids, keys)
+                tries += 1
+                if tries >= self.MAX_READ_ATTEMPTS:
+                    names = ", ".join(f'"{self.kvstore.url}{k}"' for k in sorted(keys))
+                    raise ConditionFailedError(
+                        f"Error reading meshes of segments {sorted(set(ids))[:8]} in {names}: "
+                        f"changed while being read on each of {tries} attempts; giving up"
+                    ) from None
+                time.sleep(random.uniform(0, 0.0005 * (1 << min(tries, 6))))
+
+    def _forget(self, ids: list[int], keys: set[str]) -> None:
+        """Drop cached manifests whose data lie in ``keys``, and (sharded) the cached
+        index data of those shards among ``ids``' shards."""
+        with self._lock:
+            for i in [i for i, m in self._manifests.items() if m is not None and m.key in keys]:
+                del self._manifests[i]
+        if self.shards is not None and ids:
+            shards = {int(s) for s in self.shards.place(ids).shards}
+            self.shards.invalidate([s for s in shards if self.shards.shard_key(s) in keys])
 
     def _fetch_manifests(
         self, ids: list[int], speculate: bool
@@ -207,7 +278,8 @@ class MultiLodMeshSource(MeshSource):
         ]
         if speculate:
             requests += [(f"{self.prefix}{i}", -self.SPECULATIVE_BYTES, None) for i in ids]
-        blobs = self.kvstore.read_ranges(requests)
+        sizes: dict[str, int] = {}
+        blobs, gens = self.kvstore.read_ranges_pinned(requests, None, sizes)
         out: dict[int, _Located | None] = {}
         for k, i in enumerate(ids):
             blob = blobs[k]
@@ -215,9 +287,11 @@ class MultiLodMeshSource(MeshSource):
                 out[i] = None
                 continue
             manifest = MultiLodManifest.decode(blob, f'"{self.url}{i}.index"')
-            out[i] = _Located(manifest, f"{self.prefix}{i}", 0)
+            index = f"{self.prefix}{i}.index"
+            out[i] = _Located(manifest, f"{self.prefix}{i}", 0, None, index, gens[index])
             tail = blobs[len(ids) + k] if speculate else None
-            if tail is not None:
+            # Only a tail of the data file this manifest describes (same size) is used.
+            if tail is not None and sizes.get(f"{self.prefix}{i}") == manifest.data_size:
                 # The data file is the fragments' concatenation: its size is data_size.
                 spare[i] = (manifest.data_size - len(tail), tail)
         return out
@@ -226,7 +300,8 @@ class MultiLodMeshSource(MeshSource):
         self, ids: list[int], speculate: bool, spare: dict[int, tuple[int, bytes]]
     ) -> dict[int, _Located | None]:
         assert self.shards is not None
-        locs = self.shards.locate_many(ids)
+        gens: dict[str, Generation] = {}
+        locs = self.shards.locate_many(ids, generations=gens)
         floor = self.shards.spec.shard_index_size
         have = [(i, loc) for i, loc in zip(ids, locs, strict=True) if loc is not None]
         requests = [
@@ -237,7 +312,9 @@ class MultiLodMeshSource(MeshSource):
             )
             for _, loc in have
         ]
-        blobs = self.kvstore.read_ranges(requests)
+        # Pinned to the shard version the locations came from (GenerationChangedError
+        # when it was replaced meanwhile: located again).
+        blobs, _ = self.kvstore.read_ranges_pinned(requests, {k: gens[k] for k, _, _ in requests})
         out: dict[int, _Located | None] = {
             i: None for i, loc in zip(ids, locs, strict=True) if loc is None
         }
@@ -256,7 +333,7 @@ class MultiLodMeshSource(MeshSource):
                     f"{manifest.data_size} bytes of fragments would start at byte {start}, "
                     "inside the shard index"
                 )
-            out[i] = _Located(manifest, loc.key, start)
+            out[i] = _Located(manifest, loc.key, start, gens[loc.key])
             if speculate and blob is not None and len(blob) > n:
                 spare[i] = (a, blob[: len(blob) - n])
         return out
@@ -271,6 +348,11 @@ class MultiLodMeshSource(MeshSource):
                 f"lod must be an integer >= 0, or -1 for the coarsest, got {lod!r}"
             )
         ids = [_segment_id(i) for i in segment_ids]
+        return self._consistently(ids, lambda: self._get_many(ids, int(lod), missing))
+
+    def _get_many(self, ids: list[int], lod: int, missing: str) -> dict[int, Mesh]:
+        """One attempt of :meth:`get_many` (``_Changed``/``GenerationChangedError`` when a
+        data key changed since its manifest was read)."""
         found, spare = self._fetch_manifests(ids, speculate=lod == -1)
         plan: list[tuple[int, int, int, int]] = []  # id, lod, absolute start, stop
         located: dict[int, _Located] = {}
@@ -281,7 +363,7 @@ class MultiLodMeshSource(MeshSource):
                     raise self._not_found(i)
                 continue
             n = loc.manifest.num_lods
-            k = n - 1 if lod == -1 else int(lod)
+            k = n - 1 if lod == -1 else lod
             if k >= n:
                 raise OutOfRangeError(
                     f"segment {i} has {n} levels of detail (0-{n - 1}); lod {k} requested"
@@ -321,7 +403,7 @@ class MultiLodMeshSource(MeshSource):
             requests.append((found[i].key, a, b))  # type: ignore[union-attr]
             targets.append(j)
         if requests:
-            blobs = self.kvstore.read_ranges(requests)
+            blobs = self._read_at_versions(requests, [found[plan[j][0]] for j in targets])  # type: ignore[misc]
             for j, (key, a, b), blob in zip(targets, requests, blobs, strict=True):
                 if blob is None or len(blob) != b - a:
                     seen = "0 (missing)" if blob is None else a + len(blob)
@@ -332,6 +414,37 @@ class MultiLodMeshSource(MeshSource):
                     )
                 out[j] = blob
         return out  # type: ignore[return-value]
+
+    def _read_at_versions(
+        self, requests: list[tuple[str, int, int]], located: list[_Located]
+    ) -> list[bytes | None]:
+        """Fragment ranges, each read at the version of its key its manifest describes
+        (sharded: pinned to that generation; unsharded: the data file must still have
+        the manifest's size). ``_Changed`` / ``GenerationChangedError`` otherwise."""
+        pins: dict[str, Generation] = {}
+        mixed: set[str] = set()
+        for loc in located:
+            if loc.generation is not None and pins.setdefault(loc.key, loc.generation) != loc.generation:
+                mixed.add(loc.key)  # manifests cached from two versions of one shard
+        if mixed:
+            raise _Changed(mixed)
+        sizes: dict[str, int] = {}
+        blobs, _ = self.kvstore.read_ranges_pinned(requests, pins, sizes)
+        # Unsharded: a data file of another size than its manifest says, whose manifest
+        # was replaced since it was read, is another version (one that was not, is
+        # left to the checks of the bytes read: corrupt, or a writer between its two
+        # writes).
+        resized = {
+            loc.key
+            for loc in located
+            if loc.generation is None
+            and loc.key in sizes
+            and sizes[loc.key] != loc.data_start + loc.manifest.data_size
+            and self.kvstore.current_generation(loc.index_key) != loc.index_generation
+        }
+        if resized:
+            raise _Changed(resized)
+        return blobs
 
     def _decode_lod(self, sid: int, lod: int, loc: _Located, data: bytes) -> Mesh:
         m = loc.manifest
