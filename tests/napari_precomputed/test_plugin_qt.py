@@ -12,11 +12,15 @@ PLUGIN = "napari-precomputed"
 
 @pytest.mark.qt
 @pytest.mark.skipif(not os.environ.get("DISPLAY"), reason="needs an X display (Xvfb) for OpenGL")
-def test_sample_renders_real_content_with_async_slicing(make_napari_viewer, sample_paths, qtbot):
+def test_sample_renders_real_content_with_async_slicing(
+    make_napari_viewer, sample_paths, qtbot, monkeypatch
+):
     from napari.settings import get_settings
 
     viewer = make_napari_viewer(show=True)
-    get_settings().experimental.async_ = True  # as NAPARI_ASYNC=1: slicing off the UI thread
+    settings = get_settings().experimental
+    # as NAPARI_ASYNC=1: slicing off the UI thread (napari saves settings: put it back)
+    monkeypatch.setattr(settings, "async_", True)
     image_path, seg_path = sample_paths
     viewer.open(image_path, plugin=PLUGIN)
     image_only = viewer.screenshot(canvas_only=True, flash=False)
