@@ -36,3 +36,51 @@ def volume_spec(
         "multiscale_metadata": {"type": type, "data_type": data_type, "num_channels": num_channels},
         "scale_metadata": scale,
     }
+
+
+#: A 2 x 2 x 1-chunk uint32 segmentation (8 x 8 x 4 voxels, 4³ chunks), and the one-shard
+#: sharding that puts all of its chunks into one shard file.
+SMALL_SIZE, SMALL_CHUNK = (8, 8, 4), (4, 4, 4)
+ONE_SHARD = {
+    "@type": "neuroglancer_uint64_sharded_v1",
+    "preshift_bits": 0,
+    "hash": "identity",
+    "minishard_bits": 0,
+    "shard_bits": 0,
+    "minishard_index_encoding": "raw",
+    "data_encoding": "gzip",
+}
+
+
+def small_memory_volume(kv: Any, sharded: bool) -> Any:
+    """The small segmentation created on the memory store ``kv``, every voxel 1, in a
+    context of its own."""
+    import precomputed
+
+    scale: dict[str, Any] = {"size": list(SMALL_SIZE), "chunk_size": list(SMALL_CHUNK), "encoding": "raw"}
+    if sharded:
+        scale["sharding"] = ONE_SHARD
+    vol = precomputed.open(
+        {
+            "driver": "neuroglancer_precomputed",
+            "kvstore": {"driver": "memory"},
+            "multiscale_metadata": {"data_type": "uint32", "num_channels": 1, "type": "segmentation"},
+            "scale_metadata": scale,
+        },
+        create=True,
+        kvstore=kv,
+        context=precomputed.Context(),
+    )
+    vol[...] = 1
+    return vol
+
+
+def other_writer(kv: Any) -> Any:
+    """Another writer of the volume on ``kv``: its own handle and context."""
+    import precomputed
+
+    return precomputed.open(
+        {"driver": "neuroglancer_precomputed", "kvstore": {"driver": "memory"}},
+        kvstore=kv,
+        context=precomputed.Context(),
+    )

@@ -11,48 +11,17 @@ from typing import Any
 import numpy as np
 import pytest
 
-import precomputed
-from precomputed import ConditionFailedError, Context, Transaction
+from precomputed import ConditionFailedError, Transaction
 from precomputed.kvstore import MemoryKvStore
+from volumes import SMALL_CHUNK, SMALL_SIZE, other_writer, small_memory_volume
 
-SIZE, CHUNK = (8, 8, 4), (4, 4, 4)  # 2 x 2 x 1 chunks
-ONE_SHARD = {
-    "@type": "neuroglancer_uint64_sharded_v1",
-    "preshift_bits": 0,
-    "hash": "identity",
-    "minishard_bits": 0,
-    "shard_bits": 0,
-    "minishard_index_encoding": "raw",
-    "data_encoding": "gzip",
-}
+SIZE, CHUNK = SMALL_SIZE, SMALL_CHUNK  # 2 x 2 x 1 chunks
 
 
-def create(kv: MemoryKvStore, sharded: bool) -> Any:
-    scale: dict[str, Any] = {"size": list(SIZE), "chunk_size": list(CHUNK), "encoding": "raw"}
-    if sharded:
-        scale["sharding"] = ONE_SHARD
-    vol = precomputed.open(
-        {
-            "driver": "neuroglancer_precomputed",
-            "kvstore": {"driver": "memory"},
-            "multiscale_metadata": {"data_type": "uint32", "num_channels": 1, "type": "segmentation"},
-            "scale_metadata": scale,
-        },
-        create=True,
-        kvstore=kv,
-        context=Context(),
-    )
-    vol[...] = 1
-    return vol
+create = small_memory_volume
 
 
-def other(kv: MemoryKvStore) -> Any:
-    """Another writer: its own handle and context."""
-    return precomputed.open(
-        {"driver": "neuroglancer_precomputed", "kvstore": {"driver": "memory"}},
-        kvstore=kv,
-        context=Context(),
-    )
+other = other_writer
 
 
 @pytest.mark.parametrize("sharded", [False, True], ids=["unsharded", "sharded"])
