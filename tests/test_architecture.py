@@ -24,6 +24,7 @@ DRIVER_LAYERS: list[tuple[str, list[str]]] = [
     ("ground", [
         "errors",
         "internal.jsonparse", "internal.geometry", "internal.selection", "internal.recycle",
+        "internal.contention",
         "internal.arraylike", "internal",
     ]),
     ("bytes", [

@@ -24,9 +24,7 @@ values and keeps those of the entries it does not replace when told their size
 from __future__ import annotations
 
 import math
-import random
 import threading
-import time
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple, TypeVar
@@ -42,6 +40,7 @@ from ..errors import (
     GenerationChangedError,
     InvalidArgumentError,
 )
+from ..internal.contention import pause
 from ..internal.geometry import ChunkGrid, Vec3
 from ..kvstore import NO_VALUE, Generation, KvStore
 from .base import (
@@ -352,7 +351,7 @@ class ShardedIdStore:
                     for i in idx:
                         deliver(i, tmp[i], got.get(int(shards[i]), NO_VALUE))
                     return
-                time.sleep(random.uniform(0, 0.0005 * (1 << min(tries, 6))))
+                pause(tries)
 
     def _stream_attempt(self, idx: list[int], p: Placement, deliver: DeliverChunk) -> None:
         """One attempt of :meth:`_stream_via_indices`: the data ranges pinned to the
@@ -488,7 +487,7 @@ class ShardedIdStore:
                         f"Error reading {names}: changed while being read on each of "
                         f"{tries} attempts; giving up"
                     ) from None
-                time.sleep(random.uniform(0, 0.0005 * (1 << min(tries, 6))))
+                pause(tries)
 
     def _changed_shards(self, e: Exception, p: Placement, idx: Iterable[int]) -> set[int]:
         if isinstance(e, _Stale):
@@ -565,7 +564,7 @@ class ShardedIdStore:
                     for i in idx:
                         out[i] = tmp[i]
                     return
-                time.sleep(random.uniform(0, 0.0005 * (1 << min(tries, 6))))
+                pause(tries)
         if generations is not None:
             generations.update(gens)
         for i, (shard_key, a, b), blob in zip(targets, requests, blobs, strict=True):
@@ -945,7 +944,7 @@ class ShardedIdStore:
                     f'Error writing shard "{key}": it changed concurrently on each of '
                     f"{stats.retries} attempts; giving up (the edits are not stored)"
                 )
-            time.sleep(random.uniform(0, min(0.2, 0.001 * (1 << min(stats.retries, 8)))))
+            pause(stats.retries, base=0.001, doublings=8)
         self.invalidate([shard])
         stats.generations[key] = gen
         if data_out is None:

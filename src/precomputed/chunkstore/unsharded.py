@@ -3,13 +3,12 @@ compressed forms of it)."""
 
 from __future__ import annotations
 
-import random
-import time
 from collections.abc import Callable, Hashable, Sequence
 
 from ..codecs.compression import SUFFIXES, inflate, inflate_limited, sniff
 from ..codecs.gzip import DEFAULT_LIMIT, too_large
 from ..errors import ConditionFailedError, CorruptDataError
+from ..internal.contention import pause
 from ..internal.geometry import ChunkGrid, Vec3
 from ..kvstore import NO_VALUE, Generation, KvStore
 from .base import ChunkStore, CommitStats, DeliverChunk, Rebuild, Versioned, join_key
@@ -200,7 +199,7 @@ class UnshardedChunkStore(ChunkStore):
                     f'Error writing chunk "{key}": it changed concurrently on each of '
                     f"{stats.retries} attempts; giving up (the edits are not stored)"
                 )
-            _backoff(stats.retries)
+            pause(stats.retries, base=0.001, doublings=8)
         # CloudVolume's readers of local files prefer a compressed twin over the plain
         # key: after the plain key is written (or deleted) no stale twin may remain.
         if self._try_suffixes:
@@ -221,7 +220,3 @@ class UnshardedChunkStore(ChunkStore):
         if twins:
             self.kvstore.delete_many(twins)
 
-
-def _backoff(attempt: int) -> None:
-    """Sleep a little (random, growing with ``attempt``) before retrying a write."""
-    time.sleep(random.uniform(0, min(0.2, 0.001 * (1 << min(attempt, 8)))))

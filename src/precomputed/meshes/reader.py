@@ -30,9 +30,7 @@ is not detected (the unsharded format has no one version of both).
 
 from __future__ import annotations
 
-import random
 import threading
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -51,6 +49,7 @@ from ..errors import (
     OutOfRangeError,
 )
 from ..info_members import read_json, resolve_subdir, volume_location
+from ..internal.contention import pause
 from ..kvstore import Generation, KvStore, open_kvstore
 from .draco import decode_fragment
 from .info import LEGACY_TYPE, MULTILOD_TYPE, MeshInfo, parse_mesh_info
@@ -241,7 +240,7 @@ class MultiLodMeshSource(MeshSource):
                         f"Error reading meshes of segments {sorted(set(ids))[:8]} in {names}: "
                         f"changed while being read on each of {tries} attempts; giving up"
                     ) from None
-                time.sleep(random.uniform(0, 0.0005 * (1 << min(tries, 6))))
+                pause(tries)
 
     def _forget(self, ids: list[int], keys: set[str]) -> None:
         """Drop cached manifests whose data lie in ``keys``, and (sharded) the cached
