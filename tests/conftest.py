@@ -197,12 +197,17 @@ def _fault_server_session() -> Iterator[FaultServer]:
         yield srv
 
 
+def _emptied(srv: FaultServer) -> Iterator[FaultServer]:
+    """A session's fault server with no faults armed, before and after the test."""
+    srv.reset()
+    yield srv
+    srv.reset()
+
+
 @pytest.fixture
 def fault_server(_fault_server_session: FaultServer) -> Iterator[FaultServer]:
     """A RangeServer that misbehaves on request (``.inject(kind, ...)``), emptied."""
-    _fault_server_session.reset()
-    yield _fault_server_session
-    _fault_server_session.reset()
+    yield from _emptied(_fault_server_session)
 
 
 @pytest.fixture(scope="session")
@@ -214,9 +219,7 @@ def _gcs_proxy_session(gcs_url: str) -> Iterator[FaultServer]:
 @pytest.fixture
 def gcs_proxy(_gcs_proxy_session: FaultServer) -> Iterator[FaultServer]:
     """A fault-injecting reverse proxy in front of fake-gcs-server."""
-    _gcs_proxy_session.reset()
-    yield _gcs_proxy_session
-    _gcs_proxy_session.reset()
+    yield from _emptied(_gcs_proxy_session)
 
 
 @pytest.fixture(scope="session")
@@ -228,9 +231,7 @@ def _s3_proxy_session(s3_url: str) -> Iterator[FaultServer]:
 @pytest.fixture
 def s3_proxy(_s3_proxy_session: FaultServer) -> Iterator[FaultServer]:
     """A fault-injecting reverse proxy in front of moto."""
-    _s3_proxy_session.reset()
-    yield _s3_proxy_session
-    _s3_proxy_session.reset()
+    yield from _emptied(_s3_proxy_session)
 
 
 # -- local stores ---------------------------------------------------------------------------

@@ -30,6 +30,17 @@ def value(chunk: int, rnd: int) -> int:
     return (chunk + 1) * 1000 + rnd
 
 
+def lost_chunks(vol: Any, rnd: int) -> list[str]:
+    """Chunks of ``vol`` that do not hold their round-``rnd`` value everywhere."""
+    data = np.asarray(vol.read())
+    out = []
+    for i, (x, y, z) in enumerate(ORIGINS):
+        got = data[x : x + 4, y : y + 4, z : z + 4]
+        if not (got == value(i, rnd)).all():
+            out.append(f"round {rnd}, chunk {i}: {sorted(set(got.ravel().tolist()))[:4]}")
+    return out
+
+
 def sharding() -> dict[str, Any]:
     """One shard holding every chunk, one minishard per chunk pair (rectangular)."""
     return {

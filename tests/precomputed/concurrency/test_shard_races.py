@@ -23,16 +23,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from race_worker import (
-    ORIGINS,
     initial,
+    lost_chunks,
     open_file_volume,
     open_remote_volume,
     read_until,
     spec,
-    value,
     write_rounds,
 )
 
@@ -58,16 +56,6 @@ def _create(open_volume: Callable[[], precomputed.Volume], kv: KvStore | None) -
     ) if kv is not None else open_volume()
     vol[...] = initial()
 
-
-def _lost(vol: precomputed.Volume, rnd: int) -> list[str]:
-    """Chunks that do not hold their round-``rnd`` value everywhere."""
-    data = np.asarray(vol.read())
-    out = []
-    for i, (x, y, z) in enumerate(ORIGINS):
-        got = data[x : x + 4, y : y + 4, z : z + 4]
-        if not (got == value(i, rnd)).all():
-            out.append(f"round {rnd}, chunk {i}: {sorted(set(got.ravel().tolist()))[:4]}")
-    return out
 
 
 def run_rounds(
@@ -104,7 +92,7 @@ def run_rounds(
         for r in range(1, rounds + 1):
             barrier.wait()
             check.handle.refresh()
-            lost += _lost(check, r)
+            lost += lost_chunks(check, r)
             newest.value = r
             barrier.wait()
     finally:
@@ -180,7 +168,7 @@ def test_a_reader_racing_whole_shard_replacement_never_reads_another_version(
         f"{len(r['wrong'])} wrong, {len(r['corrupt'])} corrupt of {r['reads']} reads"
     )
     assert r["reads"] > 0
-    assert _lost(open_file_volume(path), 200) == []
+    assert lost_chunks(open_file_volume(path), 200) == []
 
 
 def test_memory_store_threads_lose_nothing(memory_store: MemoryKvStore) -> None:
