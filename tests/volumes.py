@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -84,3 +86,29 @@ def other_writer(kv: Any) -> Any:
         kvstore=kv,
         context=precomputed.Context(),
     )
+
+
+@contextlib.contextmanager
+def beaten_at_every_write(kv: Any, theirs: Any) -> Iterator[list[int]]:
+    """While inside, every conditional write to the memory store ``kv`` is preceded by
+    ``theirs`` (another writer's handle) changing voxels 6:8, 6:8, 0 of the volume, so the
+    condition always fails; yields the count of such interruptions."""
+    real = kv._write_if
+    beaten = [0]
+    inside = [False]
+
+    def always_beaten(key: str, data: Any, generation: str) -> Any:
+        if not inside[0]:  # our write: another chunk of the shard changes first, each time
+            beaten[0] += 1
+            inside[0] = True
+            try:
+                theirs[6:8, 6:8, 0:1, :] = 100 + beaten[0]
+            finally:
+                inside[0] = False
+        return real(key, data, generation)
+
+    kv._write_if = always_beaten
+    try:
+        yield beaten
+    finally:
+        kv._write_if = real

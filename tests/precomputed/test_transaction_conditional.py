@@ -6,14 +6,18 @@ unread; a group other writers keep changing fails with nothing stored and nothin
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import pytest
 
 from precomputed import ConditionFailedError, Transaction
 from precomputed.kvstore import MemoryKvStore
-from volumes import SMALL_CHUNK, SMALL_SIZE, other_writer, small_memory_volume
+from volumes import (
+    SMALL_CHUNK,
+    SMALL_SIZE,
+    beaten_at_every_write,
+    other_writer,
+    small_memory_volume,
+)
 
 SIZE, CHUNK = SMALL_SIZE, SMALL_CHUNK  # 2 x 2 x 1 chunks
 
@@ -82,26 +86,9 @@ def test_a_group_other_writers_keep_changing_fails_and_keeps_the_transaction(
     theirs = other(memory_store)
     txn = Transaction()
     vol.with_transaction(txn)[0:2, 0:2, 0:1, :] = 5
-    real = memory_store._write_if
-    beaten = [0]
-    inside = [False]
-
-    def always_beaten(key: str, data: Any, generation: str) -> Any:
-        if not inside[0]:  # our write: another chunk of the shard changes first, each time
-            beaten[0] += 1
-            inside[0] = True
-            try:
-                theirs[6:8, 6:8, 0:1, :] = 100 + beaten[0]
-            finally:
-                inside[0] = False
-        return real(key, data, generation)
-
-    memory_store._write_if = always_beaten  # type: ignore[method-assign]
-    try:
+    with beaten_at_every_write(memory_store, theirs) as beaten:
         with pytest.raises(ConditionFailedError, match=r"\.shard"):
             txn.commit()
-    finally:
-        memory_store._write_if = real  # type: ignore[method-assign]
     assert beaten[0] == vol.handle.store.MAX_COMMIT_RETRIES
     assert txn.dirty_chunks == 1  # nothing lost: the edit and its mask are still there
     assert txn.written(vol.handle, (0, 0, 0)) is not None
